@@ -1,0 +1,265 @@
+/* The SIGSEGV handler and the page-fault path.
+ *
+ * A fault on a VMA page is served in the faulting thread, inside the signal
+ * handler: find the page (allocating and loading it if absent), map it
+ * read-only for a read or read-write for a write (which dirties it), return,
+ * and the CPU re-executes the instruction.  loadblk runs without the virtmem
+ * lock, into a separate writable mapping of the page's memory, so that no
+ * other thread can see a half-filled page; after it, the lock is retaken and
+ * the fault handled again from the lookup, as the world may have changed.
+ *
+ * The handler is installed with SA_NODEFER: loadblk may itself touch another
+ * mapping (nested fault).  While the lock is held SIGSEGV is blocked, so a bug
+ * touching mapped memory under the lock kills the process instead of
+ * deadlocking.
+ *
+ * Failure policy: a fault has no caller to report to.  If it cannot be served
+ * (loadblk failed, RAM full of dirty pages, the OS refused a mapping) the
+ * fault error handler runs and must not return; by default it prints what
+ * failed and aborts, as the kernel kills a program whose mmapped file cannot
+ * be read.  The Python layer installs one that prints the traceback first. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include "virtmem_int.h"
+
+enum { FAULT_HANDLED, FAULT_NOT_OURS };
+
+static pthread_mutex_t   fault_install_mutex = PTHREAD_MUTEX_INITIALIZER;
+static struct sigaction  fault_prev_action;     /* handler before ours */
+static volatile int      fault_prev_valid;
+
+/* Per thread: repeated faults at one address on a page that is already
+ * mapped writable mean the access is not one we can serve (e.g. an
+ * instruction fetch); give up rather than loop. */
+static __thread uintptr_t fault_last_addr;
+static __thread int       fault_repeats;
+static __thread int       fault_chaining;
+/* Loads this thread has in flight (nested when loadblk touches a mapping). */
+static __thread size_t    fault_nloading_mine;
+
+static void fault_error_default(BigFile *file, blk_t blk, int err, const char *what)
+{
+    fprintf(stderr, "zbigarray: page fault cannot be served: %s "
+            "(file %p, blk %llu): %s\n",
+            what, (void *)file, (unsigned long long)blk, strerror(-err));
+    abort();
+}
+
+static virt_fault_error_fn fault_error = fault_error_default;
+
+void virt_set_fault_error_handler(virt_fault_error_fn fn)
+{
+    fault_error = fn ? fn : fault_error_default;
+}
+
+/* Never returns. */
+static void fault_fail(BigFile *file, blk_t blk, int err, const char *what)
+{
+    fault_error(file, blk, err, what);
+    fault_error_default(file, blk, err, what);   /* a handler that returned */
+}
+
+/* Serve a fault at @addr.  @write: 1 write, 0 read, -1 unknown (then the
+ * first fault maps read-only and a second one on the same page is the
+ * write).  Runs unlocked; takes the lock itself. */
+static int fault_serve(uintptr_t addr, int write)
+{
+    virt__lock_in_fault();
+    for (;;) {
+        VMA *vma = vma__lookup(addr);
+        if (!vma) {
+            virt_unlock();
+            return FAULT_NOT_OURS;
+        }
+        BigFileH *fileh = vma->fileh;
+        BigFile  *file = fileh->file;
+        size_t    blksize = file->blksize;
+        blk_t     blk = vma->pgoffset + (addr - vma->addr_start) / blksize;
+        Page     *page = pagemap_get(&fileh->pagemap, blk);
+        int       err;
+
+        if (!page) {
+            err = page__alloc(fileh, blk, &page);
+            if (err == -ENOMEM && fileh->ram->nloading > fault_nloading_mine) {
+                /* Pages being loaded by other threads will be clean and
+                 * reclaimable soon (waiting for our own would deadlock). */
+                virt__wait_loads();
+                continue;
+            }
+            if (err) {
+                RAMStats st;
+                virt_unlock();
+                ram_get_stats(fileh->ram, &st);
+                char what[160];
+                snprintf(what, sizeof what,
+                         "no RAM for a new page: capacity %zu bytes, %zu in use by "
+                         "dirty or loading pages (write out or raise ZBIGARRAY_RAM_MAX)",
+                         st.capacity, st.used);
+                fault_fail(file, blk, err, what);
+            }
+
+            /* Load unlocked, into a writable alias of the slot that no VMA
+             * shows: nobody can see the page half-filled. */
+            void *buf = NULL;
+            int own = 0, r = 0;
+            err = page__buf_get(page, 1, &buf, &own);
+            virt_unlock();
+            if (!err) {
+                if (!own)
+                    virt__populate(buf, blksize, 1);
+                fault_nloading_mine++;
+                r = file->ops->loadblk(file, blk, buf);
+                fault_nloading_mine--;
+            }
+            virt__lock_in_fault();
+            if (!err) {
+                page__buf_put(page, buf, own, r);
+                if (r < 0)
+                    err = r;
+            }
+
+            if (err || page->invalidated || fileh->closed) {
+                page__abandon_load(page);
+                int freed = fileh__maybe_free(fileh);
+                virt__loads_changed();
+                virt_unlock();
+                if (freed)
+                    virt__release_file(file);
+                if (err)
+                    fault_fail(file, blk, err, r < 0 ? "loadblk failed"
+                                                     : "cannot map page memory for loading");
+                virt__lock_in_fault();
+                continue;      /* invalidated: load again (or not ours now) */
+            }
+            page__finish_load(page);
+            virt__loads_changed();
+            continue;          /* handle the fault again: VMA may be gone */
+        }
+
+        if (page->state == PAGE_LOADING) {
+            if (pthread_equal(page->loader, pthread_self())) {
+                virt_unlock();
+                fault_fail(file, blk, -EDEADLK,
+                           "loadblk touched the block it is loading");
+            }
+            virt__wait_loads();
+            continue;
+        }
+
+        /* LOADED or DIRTY. */
+        PageMapping *m = NULL;
+        ListHead *pos, *tmp;
+        list_for_each_safe(pos, tmp, &page->mappings) {
+            PageMapping *mm = list_entry(pos, PageMapping, in_page);
+            if (mm->vma == vma) {
+                m = mm;
+                break;
+            }
+        }
+        if (m && m->writable) {
+            /* Another thread mapped it between our fault and our lock; or the
+             * access is of a kind we do not serve.  Retry a few times, then
+             * let the previous handler (or the default crash) have it. */
+            int again = (fault_last_addr == addr) ? ++fault_repeats : (fault_repeats = 0);
+            fault_last_addr = addr;
+            virt_unlock();
+            return again > 2 ? FAULT_NOT_OURS : FAULT_HANDLED;
+        }
+        fault_repeats = 0;
+        if (write < 0)
+            write = (m != NULL);   /* faulted on a read-only mapping: a write */
+
+        if (write && page->state == PAGE_LOADED)
+            page__mark_dirty(page);
+        err = page__map_into(page, vma, write);
+        if (err) {
+            virt_unlock();
+            fault_fail(file, blk, err, "cannot map the page (mmap failed)");
+        }
+        page__touch(page);
+        virt_unlock();
+        return FAULT_HANDLED;
+    }
+}
+
+/* Hand a signal that is not ours to whoever would have had it. */
+static void fault_chain(int sig, siginfo_t *si, void *uctx)
+{
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+
+    if (!fault_chaining && fault_prev_valid) {
+        struct sigaction *prev = &fault_prev_action;
+        fault_chaining = 1;
+        if (prev->sa_flags & SA_SIGINFO) {
+            if (prev->sa_sigaction)
+                prev->sa_sigaction(sig, si, uctx);
+        } else if (prev->sa_handler != SIG_DFL && prev->sa_handler != SIG_IGN) {
+            prev->sa_handler(sig);
+        }
+        fault_chaining = 0;
+    }
+    /* The previous handler returned (or there was none): die as the program
+     * would have without us.  For a real fault, returning re-executes the
+     * instruction, which now gets the default action (core dump); a signal
+     * sent by kill/raise is re-raised. */
+    sigaction(SIGSEGV, &dfl, NULL);
+    if (si->si_code <= 0)
+        raise(sig);
+}
+
+static void fault_on_sigsegv(int sig, siginfo_t *si, void *uctx)
+{
+    int saved_errno = errno;
+    int write = -1;
+
+    /* si_code <= 0: sent by a process (kill, raise), not a memory access.
+     * A fault while this thread holds the virtmem lock is a bug (ours, or
+     * memory touched from a backend called under it): never serve it. */
+    if (si->si_code <= 0 || fault_chaining || virt__lock_held()) {
+        fault_chain(sig, si, uctx);
+        errno = saved_errno;
+        return;
+    }
+#if defined(__x86_64__)
+    /* Bit 1 of the page-fault error code: the access was a write.  Saves the
+     * second fault that the portable read-then-write scheme costs. */
+    write = (((ucontext_t *)uctx)->uc_mcontext.gregs[REG_ERR] & 2) != 0;
+#endif
+    if (fault_serve((uintptr_t)si->si_addr, write) == FAULT_NOT_OURS)
+        fault_chain(sig, si, uctx);
+    errno = saved_errno;
+}
+
+int virt_install_fault_handler(void)
+{
+    struct sigaction cur, sa;
+    int err = 0;
+
+    BUG_ON(pthread_mutex_lock(&fault_install_mutex) != 0);
+    if (sigaction(SIGSEGV, NULL, &cur) != 0) {
+        err = -errno;
+    } else if (!((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == fault_on_sigsegv)) {
+        memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = fault_on_sigsegv;
+        sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+        sigemptyset(&sa.sa_mask);
+        /* Whatever is installed now (maybe someone installed theirs on top of
+         * ours since) becomes the handler we chain to. */
+        fault_prev_valid = 0;
+        fault_prev_action = cur;
+        fault_prev_valid = 1;
+        if (sigaction(SIGSEGV, &sa, NULL) != 0)
+            err = -errno;
+    }
+    BUG_ON(pthread_mutex_unlock(&fault_install_mutex) != 0);
+    return err;
+}

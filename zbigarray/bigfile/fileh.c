@@ -1,0 +1,263 @@
+/* File handles: open/close, writeout, discard, invalidate.
+ *
+ * Costs: writeout and discard walk the handle's dirty list, invalidate looks
+ * one page up in the pagemap: O(pages concerned), never O(file or cache). */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "virtmem_int.h"
+
+int fileh_open(BigFileH **out, BigFile *file, RAM *ram)
+{
+    int err = virt_blksize_check(file->blksize);
+    if (err)
+        return err;
+    if (!ram) {
+        err = ram_default(&ram);
+        if (err)
+            return err;
+    }
+
+    BigFileH *fileh = calloc(1, sizeof *fileh);
+    if (!fileh)
+        return -ENOMEM;
+    fileh->file = file;
+    fileh->ram = ram;
+    pagemap_init(&fileh->pagemap);
+    list_init(&fileh->vmas);
+    list_init(&fileh->dirty);
+
+    virt_lock();
+    if (file->blksize > ram->capacity) {
+        virt_unlock();
+        free(fileh);
+        return -EINVAL;
+    }
+    ram->refcnt++;
+    virt_unlock();
+    *out = fileh;
+    return 0;
+}
+
+BigFile *fileh_file(BigFileH *fileh) { return fileh->file; }
+RAM     *fileh_ram(BigFileH *fileh)  { return fileh->ram; }
+
+int fileh__maybe_free(BigFileH *fileh)
+{
+    if (!fileh->closed || fileh->nloading || fileh->writeout_running)
+        return 0;
+    BUG_ON(fileh->pagemap.count != 0 || fileh->nvma != 0);
+    pagemap_fini(&fileh->pagemap);
+    if (--fileh->ram->refcnt == 0)
+        ram__free(fileh->ram);
+    free(fileh);
+    return 1;
+}
+
+/* Drop every page of a closed handle except those another frame still works
+ * on (LOADING: its loader frees it; storing: the writeout loop does). */
+static void fileh_drop_idle_pages(BigFileH *fileh)
+{
+    size_t n = fileh->pagemap.count, k = 0, pos = 0;
+    Page **pages = n ? malloc(n * sizeof *pages) : NULL;
+    Page *page;
+
+    if (n && !pages) {
+        /* No memory for the snapshot: restart the scan after each drop.
+         * Quadratic, but only on this path. */
+        for (;;) {
+            pos = 0;
+            while ((page = pagemap_next(&fileh->pagemap, &pos, NULL)))
+                if (page->state != PAGE_LOADING && !page->storing)
+                    break;
+            if (!page)
+                return;
+            page__drop(page);
+        }
+    }
+    while ((page = pagemap_next(&fileh->pagemap, &pos, NULL)))
+        pages[k++] = page;
+    for (size_t i = 0; i < k; i++) {
+        page = pages[i];
+        if (page->state == PAGE_LOADING) {
+            page->invalidated = 1;
+            pagemap_del(&fileh->pagemap, page->blk);
+        } else if (!page->storing) {
+            page__drop(page);
+        }
+    }
+    free(pages);
+}
+
+void fileh_close(BigFileH *fileh)
+{
+    ListHead *pos, *tmp;
+    BigFile *file = fileh->file;
+
+    virt_lock();
+    BUG_ON(fileh->closed);
+    fileh->closed = 1;
+    list_for_each_safe(pos, tmp, &fileh->vmas)
+        vma__destroy(list_entry(pos, VMA, in_fileh));
+    fileh_drop_idle_pages(fileh);
+    int freed = fileh__maybe_free(fileh);
+    virt_unlock();
+    if (freed)
+        virt__release_file(file);
+}
+
+static int page_blk_cmp(const void *a, const void *b)
+{
+    blk_t x = (*(Page *const *)a)->blk, y = (*(Page *const *)b)->blk;
+    return x < y ? -1 : x > y;
+}
+
+/* STORE phase.  Called locked; returns locked.  The dirty pages are taken as
+ * a snapshot marked `storing`, so that nothing frees them while storeblk runs
+ * unlocked; pages dirtied meanwhile are left for the next writeout. */
+static int fileh_store_dirty(BigFileH *fileh)
+{
+    BigFile *file = fileh->file;
+    size_t n = fileh->ndirty, k = 0, i;
+    ListHead *pos, *tmp;
+    int err = 0;
+
+    if (n == 0)
+        return 0;
+    Page **pages = malloc(n * sizeof *pages);
+    if (!pages)
+        return -ENOMEM;
+    list_for_each_safe(pos, tmp, &fileh->dirty) {
+        Page *page = list_entry(pos, Page, dirty);
+        page->storing = 1;
+        pages[k++] = page;
+    }
+    qsort(pages, k, sizeof *pages, page_blk_cmp);
+
+    fileh->writeout_running = 1;
+    for (i = 0; i < k && !err; i++) {
+        Page *page = pages[i];
+        void *buf;
+        if (fileh->closed) {
+            err = -EBADF;
+            break;
+        }
+        blk_t blk = page->blk;
+        int own, r = 0;
+        err = page__buf_get(page, 0, &buf, &own);
+        virt_unlock();
+        if (!err) {
+            if (!own)
+                virt__populate(buf, file->blksize, 0);
+            r = file->ops->storeblk(file, blk, buf);
+        }
+        virt_lock();
+        if (!err) {
+            page__buf_put(page, buf, own, r);
+            if (r < 0)
+                err = r;
+        }
+        page->storing = 0;
+        if (!err)
+            fileh->nstoreblk++;
+    }
+    for (; i < k; i++)
+        pages[i]->storing = 0;
+    fileh->writeout_running = 0;
+    if (fileh->closed) {
+        for (i = 0; i < k; i++)
+            page__drop(pages[i]);
+    }
+    free(pages);
+    return err;
+}
+
+int fileh_dirty_writeout(BigFileH *fileh, int flags)
+{
+    ListHead *pos, *tmp;
+    int err = 0, freed;
+    BigFile *file = fileh->file;
+
+    if (!(flags & (WRITEOUT_STORE | WRITEOUT_MARKSTORED)) ||
+        (flags & ~(WRITEOUT_STORE | WRITEOUT_MARKSTORED)))
+        return -EINVAL;
+
+    virt_lock();
+    if (fileh->writeout_running || fileh->closed) {
+        err = fileh->closed ? -EBADF : -EBUSY;
+        virt_unlock();
+        return err;
+    }
+    if (flags & WRITEOUT_STORE)
+        err = fileh_store_dirty(fileh);
+    if (!err && (flags & WRITEOUT_MARKSTORED) && !fileh->closed) {
+        list_for_each_safe(pos, tmp, &fileh->dirty) {
+            Page *page = list_entry(pos, Page, dirty);
+            /* Write-protect first: from here on, a write is seen again. */
+            page__protect_all(page);
+            page__mark_clean(page);
+        }
+    }
+    freed = fileh__maybe_free(fileh);
+    virt_unlock();
+    if (freed)
+        virt__release_file(file);
+    return err;
+}
+
+int fileh_dirty_discard(BigFileH *fileh)
+{
+    ListHead *pos, *tmp;
+
+    virt_lock();
+    if (fileh->writeout_running) {
+        virt_unlock();
+        return -EBUSY;
+    }
+    list_for_each_safe(pos, tmp, &fileh->dirty)
+        page__drop(list_entry(pos, Page, dirty));
+    virt_unlock();
+    return 0;
+}
+
+int fileh_invalidate_page(BigFileH *fileh, blk_t pgoffset)
+{
+    int err = 0;
+
+    virt_lock();
+    Page *page = pagemap_get(&fileh->pagemap, pgoffset);
+    if (!page) {
+        /* nothing cached */
+    } else if (page->storing) {
+        err = -EBUSY;
+    } else if (page->state == PAGE_LOADING) {
+        /* Its loader throws the result away; the next touch loads anew. */
+        page->invalidated = 1;
+        pagemap_del(&fileh->pagemap, pgoffset);
+    } else {
+        page__drop(page);
+    }
+    virt_unlock();
+    return err;
+}
+
+int fileh_isdirty(BigFileH *fileh)
+{
+    virt_lock();
+    int dirty = fileh->ndirty != 0;
+    virt_unlock();
+    return dirty;
+}
+
+void fileh_get_stats(BigFileH *fileh, FileHStats *st)
+{
+    virt_lock();
+    st->npages    = fileh->pagemap.count;
+    st->ndirty    = fileh->ndirty;
+    st->nvma      = fileh->nvma;
+    st->nloadblk  = fileh->nloadblk;
+    st->nstoreblk = fileh->nstoreblk;
+    virt_unlock();
+}

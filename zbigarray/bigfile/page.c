@@ -1,0 +1,332 @@
+/* Pages: allocation under the RAM capacity with LRU reclaim, mapping into
+ * VMAs, the clean/dirty transitions, and dropping.  Every function here runs
+ * with the virtmem lock held.
+ *
+ * A page's memory is a slot of its RAM's memfd.  The same slot is mapped into
+ * every VMA that shows the page (so two VMAs of one handle share memory), and
+ * mapped separately, writable, while loadblk fills it.
+ *
+ * Reclaim takes the least-recently-used clean page.  When the new page has the
+ * same size, the victim's slot is handed over as is: its memory stays
+ * allocated in the kernel, because punching a hole and faulting fresh zeroed
+ * memory back in costs more (~0.7 ms per 2 MiB) than the load itself. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "virtmem_int.h"
+
+/* Fatal: the OS refused to change a mapping whose state the core must control
+ * (e.g. vm.max_map_count reached).  Continuing would leave a page writable
+ * without tracking, or visible after it was dropped. */
+static void page_map_failed(const char *what, int err)
+{
+    fprintf(stderr, "zbigarray: cannot %s a page: %s "
+            "(too many mappings? see /proc/sys/vm/max_map_count)\n",
+            what, strerror(-err));
+    abort();
+}
+
+static uintptr_t page_addr_in(const Page *page, const VMA *vma)
+{
+    return vma->addr_start + (uintptr_t)(page->blk - vma->pgoffset) * page->fileh->file->blksize;
+}
+
+void page__unmap_from(PageMapping *m)
+{
+    size_t blksize = m->page->fileh->file->blksize;
+    int err = virt__reserve_at((void *)page_addr_in(m->page, m->vma), blksize);
+    if (err)
+        page_map_failed("unmap", err);
+    list_del(&m->in_page);
+    list_del(&m->in_vma);
+    free(m);
+}
+
+static PageMapping *page_mapping_in(Page *page, VMA *vma)
+{
+    ListHead *pos, *tmp;
+    list_for_each_safe(pos, tmp, &page->mappings) {
+        PageMapping *m = list_entry(pos, PageMapping, in_page);
+        if (m->vma == vma)
+            return m;
+    }
+    return NULL;
+}
+
+int page__map_into(Page *page, VMA *vma, int writable)
+{
+    size_t blksize = page->fileh->file->blksize;
+    void *addr = (void *)page_addr_in(page, vma);
+    int prot = PROT_READ | (writable ? PROT_WRITE : 0);
+    PageMapping *m = page_mapping_in(page, vma);
+
+    if (m) {
+        if (m->writable == writable)
+            return 0;
+        if (mprotect(addr, blksize, prot) != 0)
+            return -errno;
+        m->writable = writable;
+        return 0;
+    }
+
+    m = malloc(sizeof *m);
+    if (!m)
+        return -ENOMEM;
+    /* Populate: the kernel fills all page-table entries now, several times
+     * cheaper than one minor fault per OS page as the CPU walks the block. */
+    int err = ram__map_slot_at(page->fileh->ram, addr, page->ram_off, blksize, prot, 1);
+    if (err) {
+        free(m);
+        return err;
+    }
+    m->page = page;
+    m->vma = vma;
+    m->writable = writable;
+    list_add(&m->in_page, &page->mappings);
+    list_add(&m->in_vma, &vma->mappings);
+    return 0;
+}
+
+void page__protect_all(Page *page)
+{
+    size_t blksize = page->fileh->file->blksize;
+    ListHead *pos, *tmp;
+    list_for_each_safe(pos, tmp, &page->mappings) {
+        PageMapping *m = list_entry(pos, PageMapping, in_page);
+        if (!m->writable)
+            continue;
+        if (mprotect((void *)page_addr_in(page, m->vma), blksize, PROT_READ) != 0)
+            page_map_failed("write-protect", -errno);
+        m->writable = 0;
+    }
+}
+
+void page__mark_dirty(Page *page)
+{
+    BUG_ON(page->state != PAGE_LOADED);
+    RAM *ram = page->fileh->ram;
+    list_del(&page->lru);
+    ram->nclean--;
+    page->state = PAGE_DIRTY;
+    list_add_tail(&page->dirty, &page->fileh->dirty);
+    page->fileh->ndirty++;
+}
+
+void page__mark_clean(Page *page)
+{
+    BUG_ON(page->state != PAGE_DIRTY);
+    RAM *ram = page->fileh->ram;
+    list_del(&page->dirty);
+    page->fileh->ndirty--;
+    page->state = PAGE_LOADED;
+    list_add(&page->lru, &ram->lru);
+    ram->nclean++;
+}
+
+void page__touch(Page *page)
+{
+    if (page->state == PAGE_LOADED)
+        list_move(&page->lru, &page->fileh->ram->lru);
+}
+
+/* Take @page out of every structure and free it, handing back its slot
+ * offset; the slot itself stays allocated (the caller frees or reuses it). */
+static size_t page_evict(Page *page)
+{
+    BigFileH *fileh = page->fileh;
+    ListHead *pos, *tmp;
+
+    BUG_ON(page->state == PAGE_LOADING || page->storing);
+    list_for_each_safe(pos, tmp, &page->mappings)
+        page__unmap_from(list_entry(pos, PageMapping, in_page));
+    if (pagemap_get(&fileh->pagemap, page->blk) == page)
+        pagemap_del(&fileh->pagemap, page->blk);
+    if (page->state == PAGE_LOADED) {
+        list_del(&page->lru);
+        fileh->ram->nclean--;
+    } else {
+        list_del(&page->dirty);
+        fileh->ndirty--;
+    }
+    size_t off = page->ram_off;
+    free(page);
+    return off;
+}
+
+void page__drop(Page *page)
+{
+    RAM *ram = page->fileh->ram;
+    size_t size = page->fileh->file->blksize;
+    int lost = page->window_lost;
+    size_t off = page_evict(page);
+    if (lost)
+        ram__slot_retire(ram, off, size);
+    else
+        ram__slot_free(ram, off, size);
+}
+
+size_t page__reclaim(RAM *ram, size_t n)
+{
+    size_t done = 0;
+    while (done < n && !list_empty(&ram->lru)) {
+        page__drop(list_entry(ram->lru.prev, Page, lru));
+        done++;
+    }
+    return done;
+}
+
+int page__alloc(BigFileH *fileh, blk_t blk, Page **out)
+{
+    RAM *ram = fileh->ram;
+    size_t size = fileh->file->blksize;
+    size_t off = 0;
+    int have_slot = 0, err;
+
+    Page *page = calloc(1, sizeof *page);
+    if (!page)
+        return -ENOMEM;
+
+    while (!ram__has_room(ram, size)) {
+        if (list_empty(&ram->lru)) {
+            free(page);
+            return -ENOMEM;    /* everything is dirty or loading */
+        }
+        Page *victim = list_entry(ram->lru.prev, Page, lru);
+        ram->nreclaimed++;
+        if (victim->fileh->file->blksize == size && !victim->window_lost) {
+            off = page_evict(victim);
+            ram->nrecycled++;
+            have_slot = 1;
+            break;
+        }
+        page__drop(victim);
+    }
+    if (!have_slot) {
+        err = ram__slot_alloc(ram, size, &off);
+        if (err) {
+            free(page);
+            return err;
+        }
+    }
+
+    page->state   = PAGE_LOADING;
+    page->fileh   = fileh;
+    page->blk     = blk;
+    page->ram_off = off;
+    page->loader  = pthread_self();
+    list_init(&page->lru);
+    list_init(&page->dirty);
+    list_init(&page->mappings);
+
+    err = pagemap_set(&fileh->pagemap, blk, page);
+    if (err) {
+        ram__slot_free(ram, off, size);
+        free(page);
+        return err;
+    }
+    fileh->nloading++;
+    ram->nloading++;
+    *out = page;
+    return 0;
+}
+
+/* Drop a page that was LOADING (load failed, or invalidated / handle closed
+ * meanwhile).  The loader calls this after retaking the lock. */
+void page__abandon_load(Page *page)
+{
+    BigFileH *fileh = page->fileh;
+    BUG_ON(page->state != PAGE_LOADING);
+    if (pagemap_get(&fileh->pagemap, page->blk) == page)
+        pagemap_del(&fileh->pagemap, page->blk);
+    if (page->window_lost)
+        ram__slot_retire(fileh->ram, page->ram_off, fileh->file->blksize);
+    else
+        ram__slot_free(fileh->ram, page->ram_off, fileh->file->blksize);
+    fileh->nloading--;
+    fileh->ram->nloading--;
+    free(page);
+}
+
+/* The load succeeded: LOADING -> LOADED, most recently used. */
+void page__finish_load(Page *page)
+{
+    BigFileH *fileh = page->fileh;
+    BUG_ON(page->state != PAGE_LOADING);
+    page->state = PAGE_LOADED;
+    list_add(&page->lru, &fileh->ram->lru);
+    fileh->ram->nclean++;
+    fileh->nloading--;
+    fileh->ram->nloading--;
+    fileh->nloadblk++;
+}
+
+int page__buf_get(Page *page, int writable, void **buf, int *own)
+{
+    RAM *ram = page->fileh->ram;
+    size_t size = page->fileh->file->blksize;
+    void *p = page->window_lost ? NULL : ram__window(ram, page->ram_off, size);
+
+    if (p) {
+        *buf = p;
+        *own = 0;
+        return 0;
+    }
+    *own = 1;
+    return ram__map_slot(ram, page->ram_off, size,
+                         PROT_READ | (writable ? PROT_WRITE : 0), 1, buf);
+}
+
+void page__buf_put(Page *page, void *buf, int own, int r)
+{
+    size_t size = page->fileh->file->blksize;
+    if (r == VIRT_BUF_KEPT) {
+        if (!own)
+            page->window_lost = 1;
+    } else if (own) {
+        BUG_ON(munmap(buf, size) != 0);
+    } else {
+        /* Drop the window's page-table entries (not the memory): a page
+         * mapped twice would count twice in the process's RSS, which users
+         * and the OOM killer read as our memory use. */
+        (void)madvise(buf, size, MADV_DONTNEED);
+    }
+}
+
+void virt__populate(void *buf, size_t size, int writable)
+{
+    /* One OS page faults in as cheaply as it populates. */
+    if (size <= virt_os_pagesize())
+        return;
+    /* Only an optimisation: a kernel without MADV_POPULATE_* (< 5.14)
+     * faults the memory in as it is used instead. */
+#if defined(MADV_POPULATE_WRITE) && defined(MADV_POPULATE_READ)
+    (void)madvise(buf, size, writable ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
+#else
+    (void)buf;
+    (void)writable;
+#endif
+}
+
+/* ------------------------------------------------- RAM, page-aware parts */
+
+size_t ram_reclaim(RAM *ram, size_t max_pages)
+{
+    virt_lock();
+    size_t n = page__reclaim(ram, max_pages);
+    virt_unlock();
+    return n;
+}
+
+int ram_set_capacity(RAM *ram, size_t capacity)
+{
+    if (capacity < virt_os_pagesize())
+        return -EINVAL;
+    virt_lock();
+    ram->capacity = capacity;
+    while (ram->used > ram->capacity && !list_empty(&ram->lru))
+        page__drop(list_entry(ram->lru.prev, Page, lru));
+    virt_unlock();
+    return 0;
+}

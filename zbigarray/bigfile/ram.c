@@ -1,0 +1,374 @@
+/* RAM: page memory on one memfd (see DESIGN.md, "RAM").
+ *
+ * The memfd is carved into slots, each the block size of the file handle
+ * whose page it holds.  A slot's offset names its memory, so the same
+ * physical page can be mapped at several addresses at once (one per VMA, plus
+ * the alias that loadblk fills, see ram_window.c).  A freed slot has its memory punched out and
+ * its offset kept on a free list of its size; the memfd only grows, a few
+ * slots ahead of need (see ram_grow_size).
+ *
+ * This file owns the slot bookkeeping and the mmap calls on the memfd.  Which
+ * pages to drop under pressure (LRU, reclaim, capacity changes) is page.c's.
+ *
+ * Locking: ram_new, ram_default_capacity and ram_parse_size touch nothing
+ * shared.  Every other public function takes the virtmem lock; the ram__
+ * internals require it held by the caller, except the mmap helpers
+ * (ram__map_slot*, virt__reserve_at), which only read ram->memfd and may run
+ * with or without it.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE     /* memfd_create, fallocate, MAP_POPULATE */
+#endif
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "virtmem_int.h"
+
+/* The process-wide RAM (ram_default).  Created once under the virtmem lock
+ * and never freed: it holds a reference of its own. */
+static RAM *ram_default_ram;
+
+/* ------------------------------------------------------------ public API */
+
+int ram_new(RAM **out, size_t capacity)
+{
+    RAM *ram;
+    int fd;
+
+    if (capacity == 0)
+        capacity = ram_default_capacity();
+    if (capacity < virt_os_pagesize())
+        return -EINVAL;
+
+    ram = calloc(1, sizeof(*ram));
+    if (ram == NULL)
+        return -ENOMEM;
+    fd = memfd_create("zbigarray-ram", MFD_CLOEXEC);
+    if (fd < 0) {
+        int err = -errno;
+        free(ram);
+        return err;
+    }
+
+    ram->refcnt = 1;
+    ram->memfd = fd;
+    ram->capacity = capacity;
+    list_init(&ram->lru);
+    *out = ram;
+    return 0;
+}
+
+void ram_incref(RAM *ram)
+{
+    virt_lock();
+    BUG_ON(ram->refcnt <= 0);
+    ram->refcnt++;
+    virt_unlock();
+}
+
+void ram_decref(RAM *ram)
+{
+    int last;
+
+    virt_lock();
+    BUG_ON(ram->refcnt <= 0);
+    last = --ram->refcnt == 0;
+    virt_unlock();
+    /* Nobody else can reach @ram any more: free it outside the lock. */
+    if (last)
+        ram__free(ram);
+}
+
+int ram_default(RAM **out)
+{
+    int err = 0;
+
+    virt_lock();
+    if (ram_default_ram == NULL) {
+        const char *env = getenv("ZBIGARRAY_RAM_MAX");
+        size_t capacity = 0;    /* 0: ram_new picks ram_default_capacity() */
+
+        if (env != NULL) {
+            err = ram_parse_size(env, &capacity);
+            /* "0" or "12" would silently mean "the default" or fail later
+             * with a puzzling error: refuse them here, naming the variable's
+             * value as unusable. */
+            if (err == 0 && capacity < virt_os_pagesize())
+                err = -EINVAL;
+        }
+        if (err == 0)
+            err = ram_new(&ram_default_ram, capacity);
+    }
+    if (err == 0)
+        *out = ram_default_ram;
+    virt_unlock();
+    return err;
+}
+
+size_t ram_default_capacity(void)
+{
+    long npages = sysconf(_SC_PHYS_PAGES);
+    long pagesize = sysconf(_SC_PAGESIZE);
+    uint64_t total;
+
+    /* sysconf cannot fail for these on Linux; should it, 1 GiB is a safe
+     * guess for any machine this runs on. */
+    if (npages <= 0 || pagesize <= 0)
+        return (size_t)1 << 30;
+    total = (uint64_t)npages * (uint64_t)pagesize / 4;
+    if (total > SIZE_MAX)
+        return SIZE_MAX;
+    if (total < (uint64_t)pagesize)
+        return (size_t)pagesize;
+    return (size_t)total;
+}
+
+/* Case-insensitive: does @s equal @lit (lowercase)? */
+static int str_eq_nocase(const char *s, const char *lit)
+{
+    for (; *s != '\0' && *lit != '\0'; s++, lit++) {
+        if (tolower((unsigned char)*s) != *lit)
+            return 0;
+    }
+    return *s == '\0' && *lit == '\0';
+}
+
+int ram_parse_size(const char *s, size_t *out)
+{
+    uint64_t n = 0;
+    unsigned shift = 0;
+    const char *p = s;
+
+    if (s == NULL || !isdigit((unsigned char)*p))
+        return -EINVAL;     /* empty, sign, space, garbage */
+    for (; isdigit((unsigned char)*p); p++) {
+        unsigned d = (unsigned)(*p - '0');
+        if (n > (UINT64_MAX - d) / 10)
+            return -ERANGE;
+        n = n * 10 + d;
+    }
+
+    switch (tolower((unsigned char)*p)) {
+    case 'k': shift = 10; p++; break;
+    case 'm': shift = 20; p++; break;
+    case 'g': shift = 30; p++; break;
+    case 't': shift = 40; p++; break;
+    default:  break;
+    }
+    /* What may follow: nothing, "B", or (after a unit) "iB". */
+    if (!(*p == '\0' || str_eq_nocase(p, "b") ||
+          (shift != 0 && str_eq_nocase(p, "ib"))))
+        return -EINVAL;
+
+    if (n > (UINT64_MAX >> shift) || (n << shift) > SIZE_MAX)
+        return -ERANGE;
+    *out = (size_t)(n << shift);
+    return 0;
+}
+
+void ram_get_stats(RAM *ram, RAMStats *st)
+{
+    virt_lock();
+    st->capacity = ram->capacity;
+    st->used = ram->used;
+    st->npages = ram->npages;
+    st->nclean = ram->nclean;
+    st->memfd_size = ram->memfd_size;
+    st->nreclaimed = ram->nreclaimed;
+    st->nrecycled = ram->nrecycled;
+    virt_unlock();
+}
+
+/* ------------------------------------------------------------- internals */
+
+/* The free list of slots of @size, or NULL if none was ever made. */
+static RAMFreeSlots *ram_freelist(RAM *ram, size_t size)
+{
+    size_t i;
+
+    /* One entry per block size in use: a handful at most, a scan is best. */
+    for (i = 0; i < ram->nfree; i++) {
+        if (ram->free[i].slotsize == size)
+            return &ram->free[i];
+    }
+    return NULL;
+}
+
+/* Make sure the free list of @size can take every slot of that size that
+ * the memfd could hold once it is @memfd_size bytes long, so that
+ * ram__slot_free never needs to allocate (it cannot fail).  Costs one offset
+ * (8 bytes) per slot-sized piece of the memfd: 0.2% for 4 KiB slots.
+ * -ENOMEM leaves the list usable as it was. */
+static int ram_freelist_reserve(RAM *ram, size_t size, size_t memfd_size)
+{
+    RAMFreeSlots *fl = ram_freelist(ram, size);
+    size_t need = memfd_size / size, newcap;
+    size_t *offs;
+
+    if (fl == NULL) {
+        RAMFreeSlots *arr = realloc(ram->free,
+                                    (ram->nfree + 1) * sizeof(*ram->free));
+        if (arr == NULL)
+            return -ENOMEM;
+        ram->free = arr;
+        fl = &ram->free[ram->nfree++];
+        memset(fl, 0, sizeof(*fl));
+        fl->slotsize = size;
+    }
+    if (fl->cap >= need)
+        return 0;
+
+    /* Grow geometrically so that growing the memfd slot by slot costs
+     * amortised O(1). */
+    newcap = fl->cap < 16 ? 16 : fl->cap;
+    while (newcap < need) {
+        if (newcap > SIZE_MAX / 2 / sizeof(*offs))
+            return -ENOMEM;
+        newcap *= 2;
+    }
+    offs = realloc(fl->offs, newcap * sizeof(*offs));
+    if (offs == NULL)
+        return -ENOMEM;
+    fl->offs = offs;
+    fl->cap = newcap;
+    return 0;
+}
+
+/* How much to grow the memfd by for a slot of @size: a quarter of what it
+ * holds, at most 16 MiB, whole slots, at least one.  ftruncate costs about
+ * as much as a tenth of a 4 KiB fault and the new range holds no memory
+ * until used, so growing ahead saves one syscall per fresh slot. */
+static size_t ram_grow_size(const RAM *ram, size_t size)
+{
+    size_t grow = ram->memfd_size / 4;
+
+    if (grow > ((size_t)16 << 20))
+        grow = (size_t)16 << 20;
+    grow -= grow % size;
+    return grow < size ? size : grow;
+}
+
+int ram__slot_alloc(RAM *ram, size_t size, size_t *off)
+{
+    RAMFreeSlots *fl = ram_freelist(ram, size);
+    size_t grow, newsize, o;
+    int err;
+
+    BUG_ON(size == 0 || size % virt_os_pagesize() != 0);
+
+    if (fl == NULL || fl->n == 0) {
+        grow = ram_grow_size(ram, size);
+        if (grow > (size_t)INT64_MAX - ram->memfd_size)
+            grow = size;
+        if (grow > (size_t)INT64_MAX - ram->memfd_size)
+            return -EFBIG;
+        newsize = ram->memfd_size + grow;
+        err = ram_freelist_reserve(ram, size, newsize);
+        if (err < 0)
+            return err;
+        if (ftruncate(ram->memfd, (off_t)newsize) < 0)
+            return -errno;
+        /* The new range becomes free slots (holding no memory, like punched
+         * ones), pushed so that the lowest offset is taken first. */
+        fl = ram_freelist(ram, size);
+        for (o = newsize - size; ; o -= size) {
+            fl->offs[fl->n++] = o;
+            if (o == ram->memfd_size)
+                break;
+        }
+        ram->memfd_size = newsize;
+    }
+    *off = fl->offs[--fl->n];
+    ram->used += size;
+    ram->npages++;
+    return 0;
+}
+
+void ram__slot_free(RAM *ram, size_t off, size_t size)
+{
+    RAMFreeSlots *fl = ram_freelist(ram, size);
+    int r;
+
+    BUG_ON(fl == NULL || fl->n >= fl->cap);
+    BUG_ON(ram->used < size || ram->npages == 0);
+
+    do {
+        r = fallocate(ram->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                      (off_t)off, (off_t)size);
+    } while (r < 0 && errno == EINTR);
+    /* tmpfs (a memfd) supports hole punching, so this does not fail; were it
+     * to, the slot stays correct and reusable, only its memory is not given
+     * back until the slot is reused.  Nothing better to do in a void path. */
+
+    fl->offs[fl->n++] = off;
+    ram->used -= size;
+    ram->npages--;
+}
+
+int ram__has_room(const RAM *ram, size_t size)
+{
+    return size <= ram->capacity && ram->used <= ram->capacity - size;
+}
+
+int ram__map_slot(RAM *ram, size_t off, size_t size, int prot, int populate,
+                  void **out)
+{
+    void *addr = mmap(NULL, size, prot,
+                      MAP_SHARED | (populate ? MAP_POPULATE : 0),
+                      ram->memfd, (off_t)off);
+
+    if (addr == MAP_FAILED)
+        return -errno;
+    *out = addr;
+    return 0;
+}
+
+int ram__map_slot_at(RAM *ram, void *addr, size_t off, size_t size, int prot,
+                     int populate)
+{
+    void *got = mmap(addr, size, prot,
+                     MAP_SHARED | MAP_FIXED | (populate ? MAP_POPULATE : 0),
+                     ram->memfd, (off_t)off);
+
+    if (got == MAP_FAILED)
+        return -errno;
+    BUG_ON(got != addr);    /* MAP_FIXED maps exactly there or fails */
+    return 0;
+}
+
+int virt__reserve_at(void *addr, size_t len)
+{
+    void *got = mmap(addr, len, PROT_NONE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED,
+                     -1, 0);
+
+    if (got == MAP_FAILED)
+        return -errno;
+    BUG_ON(got != addr);
+    return 0;
+}
+
+void ram__free(RAM *ram)
+{
+    size_t i;
+
+    BUG_ON(ram->npages != 0 || ram->refcnt != 0);
+    ram__window_fini(ram);      /* before the memfd it maps goes */
+    /* close() of a memfd has no data to flush; an error here (EINTR, EIO)
+     * still releases the descriptor on Linux, so there is nothing to retry. */
+    (void)close(ram->memfd);
+    ram->memfd = -1;
+    for (i = 0; i < ram->nfree; i++)
+        free(ram->free[i].offs);
+    free(ram->free);
+    ram->free = NULL;
+    ram->nfree = 0;
+    free(ram);
+}

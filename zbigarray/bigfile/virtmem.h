@@ -1,0 +1,219 @@
+/* zbigarray virtual-memory core: public C API.
+ *
+ * Files made of fixed-size blocks are mapped into memory; the first touch of a
+ * block faults, and the core loads it through the file's loadblk into a page
+ * of RAM; the first write to a page is seen (write-protection) and the page
+ * becomes dirty; writeout hands dirty pages to storeblk.  See DESIGN.md, "The
+ * virtual-memory core".  Nothing here knows about Python.
+ *
+ * Conventions: functions that can fail return 0 (or a count) on success and a
+ * negative errno on failure; on failure nothing has changed unless the comment
+ * says otherwise.  Every function takes the virtmem lock itself; none may be
+ * called with it held (i.e. from inside loadblk/storeblk is fine, they run
+ * without the lock).
+ *
+ * Anything not declared here is internal (virtmem_int.h) and free to change.
+ */
+#ifndef ZBIGARRAY_VIRTMEM_H
+#define ZBIGARRAY_VIRTMEM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Index of a block in a file, which is also the index of a page in a file
+ * handle: one block is held in exactly one page. */
+typedef uint64_t blk_t;
+
+typedef struct BigFile   BigFile;
+typedef struct BigFileH  BigFileH;
+typedef struct VMA       VMA;
+typedef struct RAM       RAM;
+
+/* ------------------------------------------------------------------ BigFile */
+
+/* Returned by loadblk/storeblk on success when the callee keeps the temporary
+ * mapping at @buf beyond the call (someone still references it).  The callee
+ * then owns those addresses and must munmap() them itself; it must first have
+ * replaced them with memory of its own (MAP_FIXED anonymous), so that nothing
+ * it keeps aliases page memory. */
+#define VIRT_BUF_KEPT 1
+
+typedef struct BigFileOps {
+    /* Fill @buf (file->blksize bytes, writable; initial contents unspecified)
+     * with block @blk.  Runs without the virtmem lock, possibly inside the
+     * page-fault handler of the thread that touched the block.  Returns 0,
+     * VIRT_BUF_KEPT, or -errno. */
+    int  (*loadblk)(BigFile *file, blk_t blk, void *buf);
+
+    /* Save block @blk from @buf (file->blksize bytes, read-only).  Runs
+     * without the virtmem lock, from fileh_dirty_writeout().  Returns 0,
+     * VIRT_BUF_KEPT, or -errno. */
+    int  (*storeblk)(BigFile *file, blk_t blk, const void *buf);
+
+    /* Optional.  Called once for every successful fileh_open(), when that
+     * handle is finally freed (which may be after fileh_close() returns, if a
+     * load into it was in flight).  No lock held.  Lets the owner of @file
+     * keep it alive exactly as long as the core refers to it. */
+    void (*release)(BigFile *file);
+} BigFileOps;
+
+/* Embedded by the owner (e.g. a Python object); the core never allocates or
+ * frees it. */
+struct BigFile {
+    const BigFileOps *ops;
+    size_t            blksize;   /* a multiple of the OS page size */
+};
+
+/* 0 if @blksize can be a block size (a non-zero multiple of the OS page size,
+ * at most VIRT_BLKSIZE_MAX), else -EINVAL. */
+#define VIRT_BLKSIZE_MAX ((size_t)1 << 30)
+int virt_blksize_check(size_t blksize);
+
+/* The OS page size (sysconf(_SC_PAGESIZE)). */
+size_t virt_os_pagesize(void);
+
+/* ---------------------------------------------------------------------- RAM */
+
+/* RAM: where page memory comes from.  One memfd, carved into slots of the
+ * block size of the files that use it; @capacity bounds the bytes of page
+ * memory in use.  RAM is reference-counted: each file handle holds one ref. */
+
+/* Create a RAM of @capacity bytes (0: the process default capacity).
+ * -EINVAL if @capacity is smaller than one OS page; -errno of memfd_create. */
+int  ram_new(RAM **out, size_t capacity);
+void ram_incref(RAM *ram);
+void ram_decref(RAM *ram);
+
+/* The process-wide RAM used by fileh_open(ram=NULL); created on first use with
+ * capacity from $ZBIGARRAY_RAM_MAX, or ram_default_capacity().  Borrowed.
+ * -EINVAL if $ZBIGARRAY_RAM_MAX does not parse. */
+int  ram_default(RAM **out);
+
+/* Default capacity when $ZBIGARRAY_RAM_MAX is unset: a quarter of physical
+ * memory, so that the rest of the program keeps room. */
+size_t ram_default_capacity(void);
+
+/* Parse "123", "64K", "64M", "2G", "1T" (binary units, optional trailing "B"
+ * or "iB", case-insensitive) into bytes.  -EINVAL / -ERANGE. */
+int  ram_parse_size(const char *s, size_t *out);
+
+/* Change capacity.  Shrinking below what is in use reclaims clean pages now;
+ * dirty pages stay (capacity is then exceeded until they are written out or
+ * discarded).  -EINVAL if @capacity is smaller than one OS page. */
+int  ram_set_capacity(RAM *ram, size_t capacity);
+
+typedef struct RAMStats {
+    size_t capacity;      /* bytes */
+    size_t used;          /* bytes of page memory in use (pages holding data) */
+    size_t npages;        /* pages in use */
+    size_t nclean;        /* of which clean and reclaimable */
+    size_t memfd_size;    /* bytes of memfd address range (used + free slots) */
+    uint64_t nreclaimed;  /* pages reclaimed under capacity pressure, ever */
+    uint64_t nrecycled;   /* reclaimed pages whose memory was reused directly */
+} RAMStats;
+void ram_get_stats(RAM *ram, RAMStats *st);
+
+/* Drop up to @max_pages least-recently-used clean pages of @ram now,
+ * returning their memory to the system.  Returns how many were dropped. */
+size_t ram_reclaim(RAM *ram, size_t max_pages);
+
+/* ----------------------------------------------------------------- BigFileH */
+
+/* Open a handle on @file with its own page cache, taking pages from @ram
+ * (NULL: ram_default()).  -EINVAL if file->blksize is invalid or larger than
+ * the RAM's capacity. */
+int  fileh_open(BigFileH **out, BigFile *file, RAM *ram);
+
+/* Unmap every VMA of @fileh (their memory becomes inaccessible, as after
+ * munmap), drop every page (dirty pages are discarded, not written), and free
+ * the handle.  If a load into the handle is in flight in another frame, the
+ * memory is freed when it completes.  @fileh must not be used afterwards. */
+void fileh_close(BigFileH *fileh);
+
+BigFile *fileh_file(BigFileH *fileh);
+RAM     *fileh_ram(BigFileH *fileh);
+
+/* Reserve address space for pages [pgoffset, pgoffset+pglen) of @fileh.
+ * Pages appear on first touch.  -EINVAL: pglen == 0; -EOVERFLOW: the range
+ * does not fit blk_t or the address space; -ENOMEM: mmap failed. */
+int  fileh_mmap(VMA **out, BigFileH *fileh, blk_t pgoffset, blk_t pglen);
+
+#define WRITEOUT_STORE       (1 << 0)
+#define WRITEOUT_MARKSTORED  (1 << 1)
+
+/* WRITEOUT_STORE: call storeblk for each dirty page, in ascending block order,
+ * stopping at the first failure (whose error is returned; every page stays
+ * dirty).  WRITEOUT_MARKSTORED: dirty pages become clean and are
+ * write-protected again.  Both: mark stored only if every store succeeded.
+ * -EINVAL: neither or unknown bits; -EBUSY: a writeout of @fileh is already
+ * running (e.g. called from storeblk). */
+int  fileh_dirty_writeout(BigFileH *fileh, int flags);
+
+/* Drop every dirty page; the next touch reloads from the file.
+ * -EBUSY while a writeout of @fileh runs. */
+int  fileh_dirty_discard(BigFileH *fileh);
+
+/* The file changed at block @pgoffset: drop that page, or make the thread
+ * loading it drop what it loaded.  -EBUSY if the page is being stored. */
+int  fileh_invalidate_page(BigFileH *fileh, blk_t pgoffset);
+
+int  fileh_isdirty(BigFileH *fileh);
+
+typedef struct FileHStats {
+    size_t   npages;      /* pages held (any state) */
+    size_t   ndirty;
+    size_t   nvma;
+    uint64_t nloadblk;    /* successful loadblk calls, ever */
+    uint64_t nstoreblk;   /* successful storeblk calls, ever */
+} FileHStats;
+void fileh_get_stats(BigFileH *fileh, FileHStats *st);
+
+/* ---------------------------------------------------------------------- VMA */
+
+/* Unmap and free @vma.  Touching its memory afterwards is a crash, as after
+ * munmap. */
+void      vma_unmap(VMA *vma);
+
+uintptr_t vma_addr_start(const VMA *vma);
+uintptr_t vma_addr_stop(const VMA *vma);
+blk_t     vma_pgoffset(const VMA *vma);
+blk_t     vma_pglen(const VMA *vma);
+size_t    vma_pagesize(const VMA *vma);
+BigFileH *vma_fileh(const VMA *vma);
+
+/* ------------------------------------------------------ fault handling */
+
+/* Install the SIGSEGV handler (idempotent; fileh_mmap calls it, and installs
+ * it again on top if someone replaced it since).  Faults that are not ours go
+ * to the handler that was installed before, or crash as without us. */
+int  virt_install_fault_handler(void);
+
+/* How the core lets a thread that holds an interpreter lock (the Python GIL)
+ * wait for another thread without deadlock.  @release is called before the
+ * core blocks waiting for a page another thread is loading; it returns a token
+ * (NULL: nothing was released); @retake(token) is called after.  Both may run
+ * inside the fault handler.  Default: no-ops. */
+typedef struct VirtGilHooks {
+    void *(*release)(void);
+    void  (*retake)(void *token);
+} VirtGilHooks;
+void virt_set_gil_hooks(const VirtGilHooks *hooks);
+
+/* A page fault that cannot be served (loadblk failed with @err, or RAM is full
+ * of dirty pages: -ENOMEM) has no caller to report to.  The policy is this
+ * function; it must not return.  Default: print what failed to stderr and
+ * abort(), as the kernel kills a program whose mmapped file cannot be read.
+ * @file is NULL when the failure concerns no particular file. */
+typedef void (*virt_fault_error_fn)(BigFile *file, blk_t blk, int err,
+                                    const char *what);
+void virt_set_fault_error_handler(virt_fault_error_fn fn);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* ZBIGARRAY_VIRTMEM_H */

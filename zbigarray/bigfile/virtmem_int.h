@@ -1,0 +1,278 @@
+/* zbigarray virtual-memory core: internal structures (not API).
+ *
+ * Everything here is shared between the core's .c files only; names with a
+ * double underscore after the subsystem (ram__slot_alloc) are cross-file
+ * internals.  Unless a comment says otherwise, every field and function here
+ * requires the virtmem lock (virt_lock()).
+ */
+#ifndef ZBIGARRAY_VIRTMEM_INT_H
+#define ZBIGARRAY_VIRTMEM_INT_H
+
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "list.h"
+#include "virtmem.h"
+
+/* Broken invariant: a bug in the core.  Not for failed syscalls. */
+#define BUG_ON(cond) do {                                                   \
+        if (cond) {                                                         \
+            fprintf(stderr, "zbigarray: BUG at %s:%d: %s\n",                \
+                    __FILE__, __LINE__, #cond);                             \
+            abort();                                                        \
+        }                                                                   \
+    } while (0)
+
+/* ------------------------------------------------------------------ pagemap */
+
+/* Hash map blk -> pointer, open addressing with linear probing and
+ * backward-shift deletion (no tombstones), so that lookups stay O(1) however
+ * many pages come and go.  Values are never NULL. */
+typedef struct PageMapSlot {
+    blk_t  key;
+    void  *val;     /* NULL: free slot */
+} PageMapSlot;
+
+typedef struct PageMap {
+    PageMapSlot *slots;
+    size_t       cap;     /* power of two, or 0 before the first insert */
+    size_t       count;
+} PageMap;
+
+void  pagemap_init(PageMap *pm);
+void  pagemap_fini(PageMap *pm);                 /* frees the table, not the values */
+void *pagemap_get(const PageMap *pm, blk_t key); /* NULL if absent */
+int   pagemap_set(PageMap *pm, blk_t key, void *val);  /* insert or replace; -ENOMEM */
+void *pagemap_del(PageMap *pm, blk_t key);       /* returns the removed value or NULL */
+/* Iterate: start with *pos = 0; returns the next value (and its key in *key if
+ * not NULL) or NULL at the end.  The map must not change during iteration. */
+void *pagemap_next(const PageMap *pm, size_t *pos, blk_t *key);
+
+/* ---------------------------------------------------------------------- RAM */
+
+/* Free slots of one size.  A free slot holds no memory (its range of the memfd
+ * was hole-punched). */
+typedef struct RAMFreeSlots {
+    size_t  slotsize;
+    size_t *offs;
+    size_t  n, cap;
+} RAMFreeSlots;
+
+struct RAM {
+    int          refcnt;
+    int          memfd;
+    size_t       capacity;     /* bytes */
+    size_t       used;         /* bytes in allocated slots */
+    size_t       npages;       /* allocated slots */
+    size_t       memfd_size;   /* bytes; the memfd is ftruncate'd to this */
+    ListHead     lru;          /* clean pages (Page.lru), most recently used first */
+    size_t       nclean;       /* length of lru; kept by page.c */
+    size_t       nloading;     /* pages LOADING; kept by page.c */
+    RAMFreeSlots *free;        /* one entry per slot size ever freed */
+    size_t       nfree;
+    char        *window;       /* ram_window.c: RW alias of the whole memfd */
+    size_t       window_size;  /* bytes of address space reserved */
+    size_t       window_mapped;/* bytes of it mapped onto the memfd */
+    int          window_kept;  /* a callee owns part of it: never unmap it */
+    uint64_t     nreclaimed;   /* kept by page.c */
+    uint64_t     nrecycled;    /* kept by page.c */
+};
+
+/* Allocate a slot of @size bytes (a multiple of the OS page size): a free slot
+ * of that size if there is one, else grow the memfd.  Does not check the
+ * capacity (callers decide what to reclaim first).  used += size, npages++.
+ * -errno of ftruncate, or -ENOMEM. */
+int   ram__slot_alloc(RAM *ram, size_t size, size_t *off);
+
+/* Return a slot: its memory goes back to the system (fallocate PUNCH_HOLE)
+ * and the slot is kept for reuse.  used -= size, npages--. */
+void  ram__slot_free(RAM *ram, size_t off, size_t size);
+
+/* Would @size more bytes stay within capacity? */
+int   ram__has_room(const RAM *ram, size_t size);
+
+/* Map slot [off, off+size) of @ram's memfd MAP_SHARED with @prot (PROT_*):
+ * at a fresh address (ram__map_slot, NULL-free result in *out), or in place of
+ * [addr, addr+size) (ram__map_slot_at, MAP_FIXED).  @populate: prefault all
+ * page-table entries now (MAP_POPULATE) — much cheaper than one kernel fault
+ * per OS page when the whole slot will be touched.  -errno of mmap. */
+int   ram__map_slot(RAM *ram, size_t off, size_t size, int prot, int populate,
+                    void **out);
+int   ram__map_slot_at(RAM *ram, void *addr, size_t off, size_t size, int prot,
+                       int populate);
+
+/* Replace [addr, addr+len) with an inaccessible reservation (PROT_NONE,
+ * MAP_FIXED, anonymous, no memory).  -errno of mmap. */
+int   virt__reserve_at(void *addr, size_t len);
+
+/* The RAM window (ram_window.c): a long-lived read-write mapping of the whole
+ * memfd, through which loadblk fills and storeblk reads page memory with no
+ * mmap/munmap per call.  Returns the alias of slot [off, off+size), extending
+ * the mapped part as the memfd grew, or NULL if the slot lies beyond the
+ * reserved window (the caller then maps the slot on its own). */
+void *ram__window(RAM *ram, size_t off, size_t size);
+void  ram__window_fini(RAM *ram);
+
+/* Like ram__slot_free, but the offset is never reused: for a slot whose
+ * window alias was handed over to a loadblk/storeblk that kept its buffer
+ * (VIRT_BUF_KEPT).  The memory is still returned to the system. */
+void  ram__slot_retire(RAM *ram, size_t off, size_t size);
+
+/* Free @ram (close memfd, free free-lists).  Called by ram_decref when the last
+ * reference goes.  No pages may remain. */
+void  ram__free(RAM *ram);
+
+/* --------------------------------------------------------------------- Page */
+
+typedef enum PageState {
+    PAGE_LOADING = 1,   /* a thread runs loadblk for it; no memory mapped yet */
+    PAGE_LOADED,        /* clean copy of the file; on ram->lru */
+    PAGE_DIRTY,         /* written since the last writeout; on fileh->dirty */
+} PageState;
+/* (EMPTY = no Page in the pagemap.) */
+
+typedef struct Page {
+    PageState  state;
+    BigFileH  *fileh;
+    blk_t      blk;
+    size_t     ram_off;          /* slot in fileh->ram, size fileh->file->blksize */
+    ListHead   lru;              /* in ram->lru while LOADED */
+    ListHead   dirty;            /* in fileh->dirty while DIRTY */
+    ListHead   mappings;         /* PageMapping.in_page */
+    pthread_t  loader;           /* valid while LOADING */
+    unsigned   invalidated : 1;  /* dropped while LOADING: loader throws its result away */
+    unsigned   storing : 1;      /* storeblk is running for it */
+    unsigned   window_lost : 1;  /* its window alias was kept by a callee */
+} Page;
+
+/* Page @page is mapped into @vma (at vma->addr_start + (blk - pgoffset) *
+ * blksize), read-only or read-write. */
+typedef struct PageMapping {
+    Page     *page;
+    VMA      *vma;
+    int       writable;
+    ListHead  in_page;   /* Page.mappings */
+    ListHead  in_vma;    /* VMA.mappings */
+} PageMapping;
+
+/* ---------------------------------------------------------------------- VMA */
+
+struct VMA {
+    uintptr_t  addr_start, addr_stop;
+    blk_t      pgoffset, pglen;
+    BigFileH  *fileh;
+    ListHead   mappings;    /* PageMapping.in_vma */
+    ListHead   in_fileh;    /* BigFileH.vmas */
+};
+
+/* The registry of all VMAs, sorted by address: O(log n) lookup from the fault
+ * handler.  vma__register: -ENOMEM. */
+int   vma__register(VMA *vma);
+void  vma__unregister(VMA *vma);
+VMA  *vma__lookup(uintptr_t addr);
+
+/* Unmap every page of @vma, release its address range and free it.  Does
+ * not touch fileh->nvma bookkeeping beyond unlinking. */
+void  vma__destroy(VMA *vma);
+
+/* ----------------------------------------------------------------- BigFileH */
+
+struct BigFileH {
+    BigFile   *file;
+    RAM       *ram;                 /* holds a reference */
+    PageMap    pagemap;             /* blk -> Page* */
+    ListHead   vmas;                /* VMA.in_fileh */
+    size_t     nvma;
+    ListHead   dirty;               /* Page.dirty, unordered */
+    size_t     ndirty;
+    size_t     nloading;            /* pages LOADING */
+    unsigned   writeout_running : 1;
+    unsigned   closed : 1;          /* fileh_close ran; freed when nloading == 0 */
+    uint64_t   nloadblk, nstoreblk;
+};
+
+/* Free a closed handle once nothing refers to it.  Returns 1 if freed (the
+ * caller must then call file->ops->release after unlocking), else 0. */
+int   fileh__maybe_free(BigFileH *fileh);
+
+/* ------------------------------------------------------------- page.c */
+
+/* Allocate a page for (@fileh, @blk) in state LOADING, inserted in the
+ * pagemap, reclaiming clean LRU pages if @fileh->ram is at capacity (reusing a
+ * reclaimed page's memory directly when the size matches).  -ENOMEM when
+ * every page is dirty or loading. */
+int   page__alloc(BigFileH *fileh, blk_t blk, Page **out);
+
+/* Map @page into @vma at its place, @writable or read-only; records the
+ * PageMapping (or updates it).  -errno of mmap/mprotect or -ENOMEM. */
+int   page__map_into(Page *page, VMA *vma, int writable);
+
+/* Remove @page's mapping from @vma (PROT_NONE reservation in its place). */
+void  page__unmap_from(PageMapping *m);
+
+/* Write-protect @page in every VMA mapping it (after it becomes clean). */
+void  page__protect_all(Page *page);
+
+/* LOADED -> DIRTY / DIRTY -> LOADED, moving between lru and dirty lists. */
+void  page__mark_dirty(Page *page);
+void  page__mark_clean(Page *page);
+
+/* Move @page to the head of its RAM's LRU (it was just used). */
+void  page__touch(Page *page);
+
+/* Unmap @page everywhere, remove it from the pagemap and lists, return its
+ * memory (hole punched) and free it.  Not for LOADING pages. */
+void  page__drop(Page *page);
+
+/* The loader's end of LOADING, after retaking the lock: success makes the
+ * page LOADED and most recently used; abandon (load failed, page invalidated
+ * or handle closed meanwhile) frees it and its slot. */
+void  page__finish_load(Page *page);
+void  page__abandon_load(Page *page);
+
+/* The buffer through which loadblk (@writable) or storeblk sees @page's
+ * memory: its RAM window alias (*own = 0), or a one-off mapping (*own = 1).
+ * Called locked, the buffer then used unlocked while the page is LOADING or
+ * storing (which keeps the page and its slot alive).  page__buf_put (locked)
+ * ends the use, given the callee's result @r: on VIRT_BUF_KEPT the callee owns
+ * the addresses from now on.  -errno of mmap. */
+int   page__buf_get(Page *page, int writable, void **buf, int *own);
+void  page__buf_put(Page *page, void *buf, int own, int r);
+
+/* Fill the page-table entries of a window alias [buf, buf+size) (and
+ * allocate memory not there yet) in one call, rather than one kernel fault
+ * per OS page as loadblk writes it or storeblk reads it.  Unlocked. */
+void  virt__populate(void *buf, size_t size, int writable);
+
+/* Reclaim up to @n clean LRU pages of @ram, punching their memory. */
+size_t page__reclaim(RAM *ram, size_t n);
+
+/* ------------------------------------------------------------ locking */
+
+/* The virtmem lock.  virt_lock() blocks SIGSEGV for the calling thread first,
+ * so that touching a mapped page while holding the lock kills the process
+ * (the kernel forces a blocked SIGSEGV to its default action) instead of
+ * deadlocking in our own handler.  Not recursive. */
+void  virt_lock(void);
+void  virt_unlock(void);
+
+/* The fault handler's way to take the lock: without touching the signal mask
+ * (two syscalls per lock, a large part of a fault's cost).  A fault while the
+ * lock is held still dies loudly: the handler sees virt__lock_held() and
+ * hands the signal on (default action: crash), and a recursive lock is a BUG.
+ * virt_unlock() releases either kind. */
+void  virt__lock_in_fault(void);
+int   virt__lock_held(void);
+
+/* Wait, under the lock, for some page load to finish (condition variable
+ * broadcast by virt__loads_changed()).  Releases the GIL through the hooks
+ * while waiting; returns with the lock held, the world possibly changed. */
+void  virt__wait_loads(void);
+void  virt__loads_changed(void);
+
+/* Call file->ops->release for a handle freed under the lock (call unlocked). */
+void  virt__release_file(BigFile *file);
+
+#endif /* ZBIGARRAY_VIRTMEM_INT_H */
