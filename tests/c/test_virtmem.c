@@ -86,6 +86,12 @@ TEST(fileh_mmap_errors)
     CHECK(r == -EOVERFLOW || r == -ENOMEM);
     CHECK(vma == NULL);
     CHECK_EQ(fixture_stats(&f).nvma, 0);
+
+    /* the very last blocks blk_t can name are fine */
+    CHECK_OK(fileh_mmap(&vma, f.fileh, UINT64_MAX - 2, 2));
+    testfile_check_block(&f.tf, (void *)vma_addr_start(vma), UINT64_MAX - 2);
+    testfile_check_block(&f.tf, (void *)(vma_addr_start(vma) + PS),
+                         UINT64_MAX - 1);
     fixture_close(&f);
 }
 
@@ -403,6 +409,71 @@ TEST(writeout_reentry_from_storeblk_is_busy)
     fixture_close(&f);
 }
 
+/* MARKSTORED write-protects the page in every VMA: a write through any of
+ * them is seen again. */
+TEST(markstored_protects_every_mapping)
+{
+    Fixture f;
+    VMA *a, *b;
+    unsigned char *pa, *pb;
+
+    fixture_open(&f, PS, 4, 4 * PS);
+    pa = fixture_mmap(&f, 0, 4, &a);
+    pb = fixture_mmap(&f, 0, 4, &b);
+    poke(pa + PS, 0, 1);                 /* writable in a */
+    poke(pb + PS, 1, 2);                 /* writable in b */
+    CHECK_EQ(fixture_stats(&f).ndirty, 1);
+    CHECK_OK(fileh_dirty_writeout(f.fileh, WRITEOUT_MARKSTORED));
+    CHECK_EQ(fixture_stats(&f).ndirty, 0);
+
+    poke(pb + PS, 2, 3);
+    CHECK_EQ(fixture_stats(&f).ndirty, 1);
+    CHECK_OK(fileh_dirty_writeout(f.fileh, WRITEOUT_MARKSTORED));
+    poke(pa + PS, 3, 4);
+    CHECK_EQ(fixture_stats(&f).ndirty, 1);
+    CHECK_EQ(peek(pb + PS, 0), 1);
+    CHECK_EQ(peek(pa + PS, 1), 2);
+    CHECK_EQ(peek(pa + PS, 2), 3);
+    CHECK_EQ(peek(pb + PS, 3), 4);
+    CHECK_EQ(testfile_nload(&f.tf, 1), 1);
+    fixture_close(&f);
+}
+
+/* Each handle has its own page cache: one file opened twice. */
+TEST(two_handles_of_one_file_are_independent)
+{
+    TestFile tf;
+    BigFileH *h1, *h2;
+    VMA *v1, *v2;
+    unsigned char *p1, *p2;
+    RAM *ram;
+
+    testfile_init(&tf, PS, 4);
+    CHECK_OK(ram_new(&ram, 16 * PS));
+    CHECK_OK(fileh_open(&h1, &tf.file, ram));
+    CHECK_OK(fileh_open(&h2, &tf.file, ram));
+    CHECK_OK(fileh_mmap(&v1, h1, 0, 4));
+    CHECK_OK(fileh_mmap(&v2, h2, 0, 4));
+    p1 = (unsigned char *)vma_addr_start(v1);
+    p2 = (unsigned char *)vma_addr_start(v2);
+
+    poke(p1 + 2 * PS, 0, 99);
+    CHECK_EQ(peek(p2 + 2 * PS, 0), testfile_word(2, 0, 0));
+    CHECK(fileh_isdirty(h1));
+    CHECK(!fileh_isdirty(h2));
+    CHECK_EQ(testfile_nload(&tf, 2), 2);
+    CHECK_OK(fileh_dirty_discard(h1));
+    CHECK_EQ(peek(p1 + 2 * PS, 0), testfile_word(2, 0, 0));
+
+    fileh_close(h1);
+    CHECK_EQ(atomic_load(&tf.nrelease), 1);
+    testfile_check_block(&tf, p2 + 3 * PS, 3);     /* h2 unaffected */
+    fileh_close(h2);
+    CHECK_EQ(atomic_load(&tf.nrelease), 2);
+    ram_decref(ram);
+    testfile_fini(&tf);
+}
+
 TEST(discard_restores_file_content)
 {
     Fixture f;
@@ -455,6 +526,29 @@ TEST(invalidate_reloads)
     CHECK_OK(fileh_invalidate_page(f.fileh, 6));
     CHECK_OK(fileh_invalidate_page(f.fileh, UINT64_MAX));
     CHECK_EQ(testfile_nload(&f.tf, 6), 0);
+    fixture_close(&f);
+}
+
+/* Invalidating a dirty page drops it with its changes (the file changed
+ * under it: the newer file content wins), and it is no longer dirty. */
+TEST(invalidate_drops_a_dirty_page)
+{
+    Fixture f;
+    VMA *vma;
+    unsigned char *p;
+
+    fixture_open(&f, PS, 4, 4 * PS);
+    p = fixture_mmap(&f, 0, 4, &vma);
+    poke(p + PS, 0, 1);
+    poke(p + 2 * PS, 0, 2);
+    CHECK_EQ(fixture_stats(&f).ndirty, 2);
+    testfile_bump(&f.tf, 1);
+    CHECK_OK(fileh_invalidate_page(f.fileh, 1));
+    CHECK_EQ(fixture_stats(&f).ndirty, 1);
+    testfile_check_block(&f.tf, p + PS, 1);
+    CHECK_OK(fileh_dirty_writeout(f.fileh, WRITEOUT_STORE));
+    CHECK_EQ(f.tf.nstores, 1);
+    CHECK_EQ(f.tf.stores[0].blk, 2);
     fixture_close(&f);
 }
 
@@ -577,4 +671,42 @@ TEST(close_leaves_no_mappings_behind)
     open_use_close();
     open_use_close();
     CHECK_EQ(count_mappings(), before);
+}
+
+/* Many VMAs created and unmapped in a scrambled order: every fault still
+ * finds its own VMA (the registry stays sorted). */
+TEST(many_vmas_in_any_order)
+{
+    enum { N = 600 };
+    static VMA *vma[N];
+    Fixture f;
+    int i, k;
+
+    fixture_open(&f, PS, N, 64 * PS);
+    for (i = 0; i < N; i++)
+        CHECK_OK(fileh_mmap(&vma[i], f.fileh, (blk_t)i, 1));
+    for (k = 0; k < 3; k++) {
+        for (i = 0; i < N; i++) {
+            int j = (i * 37 + k * 11) % N;
+
+            if (vma[j] == NULL) {
+                CHECK_OK(fileh_mmap(&vma[j], f.fileh, (blk_t)j, 1));
+            } else if ((i + k) % 3 == 0) {
+                vma_unmap(vma[j]);
+                vma[j] = NULL;
+                continue;
+            }
+            testfile_check_block(&f.tf, (void *)vma_addr_start(vma[j]),
+                                 (blk_t)j);
+        }
+    }
+    k = 0;
+    for (i = 0; i < N; i++)
+        k += vma[i] != NULL;
+    CHECK_EQ(fixture_stats(&f).nvma, k);
+    for (i = 0; i < N; i += 2) {
+        if (vma[i] != NULL)
+            vma_unmap(vma[i]);
+    }
+    fixture_close(&f);                 /* the odd ones */
 }

@@ -87,3 +87,98 @@ TEST(ram_reclaim_and_set_capacity)
     fixture_close(&f);
 }
 
+TEST(capacity_bounds_page_memory_odd_blksize)
+{
+    capacity_bound(3 * PS, 200, 10 * 3 * PS);      /* 12 KiB blocks */
+}
+
+TEST(capacity_bounds_page_memory_8m)
+{
+    capacity_bound((size_t)8 << 20, 8, (size_t)16 << 20);
+}
+
+/* Dirty pages are never reclaimed: they keep their data while clean pages
+ * come and go around them. */
+TEST(dirty_pages_survive_memory_pressure)
+{
+    Fixture f;
+    VMA *vma;
+    unsigned char *p;
+    RAMStats st;
+    blk_t blk;
+
+    fixture_open(&f, PS, 200, 8 * PS);
+    p = fixture_mmap(&f, 0, 200, &vma);
+    for (blk = 0; blk < 4; blk++)
+        poke(p + blk * PS, 0, 1000 + blk);
+    for (blk = 4; blk < 200; blk++)
+        testfile_check_block(&f.tf, p + blk * PS, blk);
+    st = fixture_ram_stats(&f);
+    CHECK(st.used <= 8 * PS);
+    CHECK(st.nreclaimed >= 200 - 8);
+    CHECK_EQ(fixture_stats(&f).ndirty, 4);
+    for (blk = 0; blk < 4; blk++) {
+        CHECK_EQ(peek(p + blk * PS, 0), 1000 + blk);
+        CHECK_EQ(peek(p + blk * PS, 1), testfile_word(blk, 0, 1));
+        CHECK_EQ(testfile_nload(&f.tf, blk), 1);
+    }
+    CHECK_OK(fileh_dirty_writeout(f.fileh, WRITEOUT_STORE |
+                                           WRITEOUT_MARKSTORED));
+    CHECK_EQ(f.tf.nstores, 4);
+    for (blk = 0; blk < 4; blk++)
+        CHECK_EQ(((uint64_t *)f.tf.stores[blk].data)[0], 1000 + blk);
+    /* once stored, they are clean and reclaimable like any other */
+    for (blk = 100; blk < 200; blk++)
+        testfile_check_block(&f.tf, p + blk * PS, blk);
+    CHECK(fixture_stats(&f).npages <= 8);
+    fixture_close(&f);
+}
+
+/* Handles with 4 KiB and 2 MiB blocks take pages from one small RAM: each
+ * reclaims the other's clean pages, slots of both sizes are reused. */
+TEST(one_ram_shared_by_two_block_sizes)
+{
+    const size_t big = (size_t)2 << 20, cap = (size_t)6 << 20;
+    TestFile ts, tb;
+    BigFileH *hs, *hb;
+    VMA *vs, *vb;
+    unsigned char *ps, *pb;
+    RAMStats st;
+    RAM *ram;
+    blk_t i;
+    int pass;
+
+    testfile_init(&ts, PS, 2048);
+    testfile_init(&tb, big, 16);
+    CHECK_OK(ram_new(&ram, cap));
+    CHECK_OK(fileh_open(&hs, &ts.file, ram));
+    CHECK_OK(fileh_open(&hb, &tb.file, ram));
+    CHECK_OK(fileh_mmap(&vs, hs, 0, 2048));
+    CHECK_OK(fileh_mmap(&vb, hb, 0, 16));
+    ps = (unsigned char *)vma_addr_start(vs);
+    pb = (unsigned char *)vma_addr_start(vb);
+
+    for (pass = 0; pass < 2; pass++) {
+        for (i = 0; i < 2048; i++) {
+            testfile_check_block(&ts, ps + i * PS, i);
+            if (i % 128 == 0)
+                testfile_check_block(&tb, pb + (i / 128) * big, i / 128);
+            ram_get_stats(ram, &st);
+            CHECK(st.used <= cap);
+        }
+    }
+    ram_get_stats(ram, &st);
+    CHECK(st.nreclaimed > 0);
+    /* slots are reused: the memfd stays near the capacity, well below the
+     * 2 x (8 + 32) MiB read */
+    CHECK(st.memfd_size <= 3 * cap);
+
+    fileh_close(hs);
+    fileh_close(hb);
+    ram_get_stats(ram, &st);
+    CHECK_EQ(st.used, 0);
+    CHECK_EQ(st.npages, 0);
+    ram_decref(ram);
+    testfile_fini(&ts);
+    testfile_fini(&tb);
+}

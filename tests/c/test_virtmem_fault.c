@@ -357,3 +357,115 @@ TEST(invalidate_during_load_makes_the_loader_drop_its_result)
     CHECK_EQ(testfile_nload(&f.tf, 0), 1);    /* reloaded after the stale one */
     fixture_close(&f);
 }
+
+/* ------------------------------------------- close during a writeout */
+
+static int store_then_close(TestFile *tf, blk_t blk, const void *buf)
+{
+    (void)buf;
+    if (blk == 2)
+        fileh_close(tf->hook_arg);
+    return TESTFILE_CONTINUE;
+}
+
+/* The handle is closed (here from storeblk; as well from another thread)
+ * while its dirty pages are being stored: the writeout stops with an error,
+ * nothing is freed twice, the file is released once, when all is over. */
+TEST(close_during_writeout)
+{
+    Fixture f;
+    VMA *vma;
+    unsigned char *p;
+    RAMStats st;
+    long r;
+
+    fixture_open(&f, PS, 4, 4 * PS);
+    p = fixture_mmap(&f, 0, 4, &vma);
+    poke(p + 1 * PS, 0, 1);
+    poke(p + 2 * PS, 0, 2);
+    poke(p + 3 * PS, 0, 3);
+    f.tf.on_store = store_then_close;
+    f.tf.hook_arg = f.fileh;
+    r = fileh_dirty_writeout(f.fileh, WRITEOUT_STORE | WRITEOUT_MARKSTORED);
+    CHECK(r < 0);
+    CHECK_EQ(f.tf.nstores, 2);            /* blocks 1 and 2, then stop */
+    CHECK_EQ(atomic_load(&f.tf.nrelease), 1);
+    ram_get_stats(f.ram, &st);
+    CHECK_EQ(st.npages, 0);
+    CHECK_EQ(st.used, 0);
+    ram_decref(f.ram);
+    testfile_fini(&f.tf);
+}
+
+/* ------------------------------------------- close during a load */
+
+static int release_pipe[2];
+static atomic_int closed_flag;
+
+static void release_to_pipe(TestFile *tf)
+{
+    (void)tf;
+    CHECK(write(release_pipe[1], "R", 1) == 1);
+}
+
+static int load_until_closed(TestFile *tf, blk_t blk, void *buf)
+{
+    double t0 = now_s();
+
+    (void)tf;
+    (void)blk;
+    (void)buf;
+    atomic_store(&loader_entered, 1);
+    while (!atomic_load(&closed_flag)) {
+        if (now_s() - t0 > 10)
+            test__fail(__FILE__, __LINE__, "the handle was never closed");
+        usleep(1000);
+    }
+    return TESTFILE_CONTINUE;
+}
+
+static void *read_block0_forever(void *arg)
+{
+    Fixture *f = arg;
+    VMA *vma;
+    unsigned char *p = fixture_mmap(f, 0, 1, &vma);
+
+    (void)peek(p, 0);       /* the handle closes meanwhile: a crash */
+    _exit(3);
+}
+
+static void close_while_loading(void *arg)
+{
+    static Fixture f;
+    pthread_t th;
+
+    (void)arg;
+    fixture_open(&f, PS, 4, 4 * PS);
+    f.tf.on_load = load_until_closed;
+    f.tf.on_release = release_to_pipe;
+    CHECK_EQ(pthread_create(&th, NULL, read_block0_forever, &f), 0);
+    while (!atomic_load(&loader_entered))
+        usleep(1000);
+    fileh_close(f.fileh);
+    /* the load in flight still refers to the file: not released yet */
+    CHECK_EQ(atomic_load(&f.tf.nrelease), 0);
+    atomic_store(&closed_flag, 1);
+    CHECK_EQ(pthread_join(th, NULL), 0);
+    _exit(4);
+}
+
+/* The loader finishes into a closed handle: it frees the handle and releases
+ * the file (once), then its access, to memory that is gone, is a crash like
+ * any access after munmap. */
+TEST(close_during_load_frees_when_the_load_ends)
+{
+    char buf[8];
+    int status;
+
+    CHECK_OK(pipe(release_pipe));
+    status = test_run_forked(close_while_loading, NULL);
+    CHECK_SIGNALED(status, SIGSEGV);
+    close(release_pipe[1]);
+    CHECK_EQ(read(release_pipe[0], buf, sizeof buf), 1);   /* released once */
+    close(release_pipe[0]);
+}

@@ -109,7 +109,11 @@ static int testfile_storeblk(BigFile *file, blk_t blk, const void *buf)
 
 static void testfile_release(BigFile *file)
 {
-    atomic_fetch_add(&((TestFile *)file)->nrelease, 1);
+    TestFile *tf = (TestFile *)file;
+
+    atomic_fetch_add(&tf->nrelease, 1);
+    if (tf->on_release != NULL)
+        tf->on_release(tf);
 }
 
 static const BigFileOps testfile_ops = {

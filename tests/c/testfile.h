@@ -40,6 +40,7 @@ struct TestFile {
     int             (*on_load)(TestFile *tf, blk_t blk, void *buf);
     int             (*on_store)(TestFile *tf, blk_t blk, const void *buf);
     void             *hook_arg;
+    void            (*on_release)(TestFile *tf);   /* after counting */
 
     pthread_mutex_t   mu;            /* guards the store log */
     StoreRec         *stores;

@@ -111,8 +111,6 @@ static int fault_serve(uintptr_t addr, int write)
             err = page__buf_get(page, 1, &buf, &own);
             virt_unlock();
             if (!err) {
-                if (!own)
-                    virt__populate(buf, blksize, 1);
                 fault_nloading_mine++;
                 r = file->ops->loadblk(file, blk, buf);
                 fault_nloading_mine--;

@@ -148,22 +148,20 @@ static int fileh_store_dirty(BigFileH *fileh)
         int own, r = 0;
         err = page__buf_get(page, 0, &buf, &own);
         virt_unlock();
-        if (!err) {
-            if (!own)
-                virt__populate(buf, file->blksize, 0);
+        if (!err)
             r = file->ops->storeblk(file, blk, buf);
-        }
         virt_lock();
         if (!err) {
             page__buf_put(page, buf, own, r);
             if (r < 0)
                 err = r;
         }
-        page->storing = 0;
         if (!err)
             fileh->nstoreblk++;
     }
-    for (; i < k; i++)
+    /* Only now: while the loop runs, close and invalidate must leave every
+     * page of the snapshot alone, stored or not, for the loop owns them. */
+    for (i = 0; i < k; i++)
         pages[i]->storing = 0;
     fileh->writeout_running = 0;
     if (fileh->closed) {

@@ -294,21 +294,6 @@ void page__buf_put(Page *page, void *buf, int own, int r)
     }
 }
 
-void virt__populate(void *buf, size_t size, int writable)
-{
-    /* One OS page faults in as cheaply as it populates. */
-    if (size <= virt_os_pagesize())
-        return;
-    /* Only an optimisation: a kernel without MADV_POPULATE_* (< 5.14)
-     * faults the memory in as it is used instead. */
-#if defined(MADV_POPULATE_WRITE) && defined(MADV_POPULATE_READ)
-    (void)madvise(buf, size, writable ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
-#else
-    (void)buf;
-    (void)writable;
-#endif
-}
-
 /* ------------------------------------------------- RAM, page-aware parts */
 
 size_t ram_reclaim(RAM *ram, size_t max_pages)

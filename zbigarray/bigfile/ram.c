@@ -2,10 +2,10 @@
  *
  * The memfd is carved into slots, each the block size of the file handle
  * whose page it holds.  A slot's offset names its memory, so the same
- * physical page can be mapped at several addresses at once (one per VMA, plus
- * the alias that loadblk fills, see ram_window.c).  A freed slot has its memory punched out and
- * its offset kept on a free list of its size; the memfd only grows, a few
- * slots ahead of need (see ram_grow_size).
+ * physical page can be mapped at several addresses at once (one per VMA,
+ * plus the alias that loadblk fills, see ram_window.c).  A freed slot has its
+ * memory punched out and its offset kept on a free list of its size; the
+ * memfd only grows, a few slots ahead of need (see ram_grow_size).
  *
  * This file owns the slot bookkeeping and the mmap calls on the memfd.  Which
  * pages to drop under pressure (LRU, reclaim, capacity changes) is page.c's.
@@ -188,9 +188,11 @@ void ram_get_stats(RAM *ram, RAMStats *st)
 
 /* ------------------------------------------------------------- internals */
 
-/* The free list of slots of @size, or NULL if none was ever made. */
-static RAMFreeSlots *ram_freelist(RAM *ram, size_t size)
+/* The free list of slots of @size; created empty if @create.  NULL if there
+ * is none (or no memory to create it). */
+static RAMFreeSlots *ram_freelist(RAM *ram, size_t size, int create)
 {
+    RAMFreeSlots *arr, *fl;
     size_t i;
 
     /* One entry per block size in use: a handful at most, a scan is best. */
@@ -198,35 +200,26 @@ static RAMFreeSlots *ram_freelist(RAM *ram, size_t size)
         if (ram->free[i].slotsize == size)
             return &ram->free[i];
     }
-    return NULL;
+    if (!create)
+        return NULL;
+    arr = realloc(ram->free, (ram->nfree + 1) * sizeof(*ram->free));
+    if (arr == NULL)
+        return NULL;
+    ram->free = arr;
+    fl = &ram->free[ram->nfree++];
+    memset(fl, 0, sizeof(*fl));
+    fl->slotsize = size;
+    return fl;
 }
 
-/* Make sure the free list of @size can take every slot of that size that
- * the memfd could hold once it is @memfd_size bytes long, so that
- * ram__slot_free never needs to allocate (it cannot fail).  Costs one offset
- * (8 bytes) per slot-sized piece of the memfd: 0.2% for 4 KiB slots.
- * -ENOMEM leaves the list usable as it was. */
-static int ram_freelist_reserve(RAM *ram, size_t size, size_t memfd_size)
+/* Room for at least @need offsets in @fl, growing geometrically (amortised
+ * O(1) per slot).  -ENOMEM leaves @fl as it was. */
+static int ram_freelist_reserve(RAMFreeSlots *fl, size_t need)
 {
-    RAMFreeSlots *fl = ram_freelist(ram, size);
-    size_t need = memfd_size / size, newcap;
-    size_t *offs;
+    size_t newcap, *offs;
 
-    if (fl == NULL) {
-        RAMFreeSlots *arr = realloc(ram->free,
-                                    (ram->nfree + 1) * sizeof(*ram->free));
-        if (arr == NULL)
-            return -ENOMEM;
-        ram->free = arr;
-        fl = &ram->free[ram->nfree++];
-        memset(fl, 0, sizeof(*fl));
-        fl->slotsize = size;
-    }
     if (fl->cap >= need)
         return 0;
-
-    /* Grow geometrically so that growing the memfd slot by slot costs
-     * amortised O(1). */
     newcap = fl->cap < 16 ? 16 : fl->cap;
     while (newcap < need) {
         if (newcap > SIZE_MAX / 2 / sizeof(*offs))
@@ -257,27 +250,29 @@ static size_t ram_grow_size(const RAM *ram, size_t size)
 
 int ram__slot_alloc(RAM *ram, size_t size, size_t *off)
 {
-    RAMFreeSlots *fl = ram_freelist(ram, size);
+    RAMFreeSlots *fl;
     size_t grow, newsize, o;
     int err;
 
     BUG_ON(size == 0 || size % virt_os_pagesize() != 0);
 
-    if (fl == NULL || fl->n == 0) {
+    fl = ram_freelist(ram, size, 1);
+    if (fl == NULL)
+        return -ENOMEM;
+    if (fl->n == 0) {
         grow = ram_grow_size(ram, size);
         if (grow > (size_t)INT64_MAX - ram->memfd_size)
             grow = size;
         if (grow > (size_t)INT64_MAX - ram->memfd_size)
             return -EFBIG;
         newsize = ram->memfd_size + grow;
-        err = ram_freelist_reserve(ram, size, newsize);
+        err = ram_freelist_reserve(fl, grow / size);
         if (err < 0)
             return err;
         if (ftruncate(ram->memfd, (off_t)newsize) < 0)
             return -errno;
         /* The new range becomes free slots (holding no memory, like punched
          * ones), pushed so that the lowest offset is taken first. */
-        fl = ram_freelist(ram, size);
         for (o = newsize - size; ; o -= size) {
             fl->offs[fl->n++] = o;
             if (o == ram->memfd_size)
@@ -293,11 +288,11 @@ int ram__slot_alloc(RAM *ram, size_t size, size_t *off)
 
 void ram__slot_free(RAM *ram, size_t off, size_t size)
 {
-    RAMFreeSlots *fl = ram_freelist(ram, size);
+    RAMFreeSlots *fl;
     int r;
 
-    BUG_ON(fl == NULL || fl->n >= fl->cap);
     BUG_ON(ram->used < size || ram->npages == 0);
+    BUG_ON(off % virt_os_pagesize() != 0 || off + size > ram->memfd_size);
 
     do {
         r = fallocate(ram->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
@@ -307,7 +302,12 @@ void ram__slot_free(RAM *ram, size_t off, size_t size)
      * to, the slot stays correct and reusable, only its memory is not given
      * back until the slot is reused.  Nothing better to do in a void path. */
 
-    fl->offs[fl->n++] = off;
+    /* Keep the offset for reuse.  With no memory to grow the list, the
+     * offset is abandoned instead: that loses a range of the memfd's size,
+     * which costs no memory (the hole is punched), never a page of RAM. */
+    fl = ram_freelist(ram, size, 1);
+    if (fl != NULL && ram_freelist_reserve(fl, fl->n + 1) == 0)
+        fl->offs[fl->n++] = off;
     ram->used -= size;
     ram->npages--;
 }
@@ -355,6 +355,7 @@ int virt__reserve_at(void *addr, size_t len)
     return 0;
 }
 
+/* With or without the virtmem lock: nothing else refers to @ram any more. */
 void ram__free(RAM *ram)
 {
     size_t i;

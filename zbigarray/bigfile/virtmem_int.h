@@ -241,10 +241,6 @@ void  page__abandon_load(Page *page);
 int   page__buf_get(Page *page, int writable, void **buf, int *own);
 void  page__buf_put(Page *page, void *buf, int own, int r);
 
-/* Fill the page-table entries of a window alias [buf, buf+size) (and
- * allocate memory not there yet) in one call, rather than one kernel fault
- * per OS page as loadblk writes it or storeblk reads it.  Unlocked. */
-void  virt__populate(void *buf, size_t size, int writable);
 
 /* Reclaim up to @n clean LRU pages of @ram, punching their memory. */
 size_t page__reclaim(RAM *ram, size_t n);
