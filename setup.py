@@ -1,0 +1,101 @@
+"""Build of zbigarray: the C virtual-memory core and the Cython modules over it.
+
+The core (every zbigarray/bigfile/*.c) is compiled with strict warnings into a
+static library, linked into the one extension that calls it,
+zbigarray.bigfile._bigfile: the core has process-wide state (the SIGSEGV
+handler, the VMA registry, the default RAM), so exactly one copy of it may be
+loaded.  The other Cython modules (_blkbuf, _errors, _pyfile) do not call
+the core; see the cimport order in zbigarray/bigfile/_bigfile.pxd.
+Cython's generated C is compiled with the default flags: it does not build
+warning-free under -Wextra -Werror.
+
+Metadata and package data are in pyproject.toml.
+"""
+
+import glob
+import os
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_clib import build_clib
+from setuptools.command.build_ext import build_ext
+
+BIGFILE = os.path.join("zbigarray", "bigfile")
+CORE_LIB = "zbigvirtmem"
+CORE_CFLAGS = ["-Wall", "-Wextra", "-Werror", "-std=gnu11"]
+
+
+def core_sources() -> list[str]:
+    """The core's C files: every .c in bigfile/ that is not Cython output
+    (a module foo.pyx may leave its foo.c beside it)."""
+    pyx = {os.path.splitext(p)[0] for p in glob.glob(os.path.join(BIGFILE, "*.pyx"))}
+    return sorted(c for c in glob.glob(os.path.join(BIGFILE, "*.c"))
+                  if os.path.splitext(c)[0] not in pyx)
+
+
+CORE_HEADERS = sorted(glob.glob(os.path.join(BIGFILE, "*.h")))
+
+
+class build_clib_exact(build_clib):
+    """build_clib whose archive holds exactly the current sources: ``ar``
+    only adds and replaces members, so the object of a renamed or deleted
+    core file would otherwise stay in the library and could be linked."""
+
+    def build_libraries(self, libraries: list[tuple[str, dict]]) -> None:
+        stamps = {}
+        for name, info in libraries:
+            archive = os.path.join(self.build_clib, self.compiler.library_filename(name))
+            stamp, sources = archive + ".sources", "\n".join(info["sources"])
+            stamps[stamp] = sources
+            if not os.path.exists(stamp) or open(stamp).read() != sources:
+                if os.path.exists(archive):
+                    os.remove(archive)
+        super().build_libraries(libraries)
+        for stamp, sources in stamps.items():
+            with open(stamp, "w") as out:
+                out.write(sources)
+
+
+class build_ext_with_core(build_ext):
+    """build_ext that builds the core library first and relinks when it
+    changes (plain build_ext neither runs build_clib nor tracks the .a)."""
+
+    def run(self) -> None:
+        self.run_command("build_clib")
+        clib = self.get_finalized_command("build_clib")
+        archive = os.path.join(
+            clib.build_clib, clib.compiler.library_filename(CORE_LIB))
+        for ext in self.extensions:
+            if CORE_LIB in ext.libraries:
+                ext.depends.append(archive)
+        super().run()
+
+
+def extension(name: str, *, core: bool) -> Extension:
+    return Extension(
+        f"zbigarray.bigfile.{name}",
+        sources=[os.path.join(BIGFILE, f"{name}.pyx")],
+        include_dirs=[BIGFILE],
+        depends=CORE_HEADERS,
+        # The static core first, then what it needs.
+        libraries=[CORE_LIB, "pthread"] if core else [],
+    )
+
+
+setup(
+    libraries=[(CORE_LIB, {
+        "sources": core_sources(),
+        "include_dirs": [BIGFILE],
+        "cflags": CORE_CFLAGS,
+        "obj_deps": {"": CORE_HEADERS},
+    })],
+    ext_modules=cythonize(
+        [extension("_bigfile", core=True),
+         extension("_blkbuf", core=False),
+         extension("_errors", core=False),
+         extension("_pyfile", core=False)],
+        build_dir=os.path.join("build", "cython"),
+        compiler_directives={"language_level": "3"},
+    ),
+    cmdclass={"build_clib": build_clib_exact, "build_ext": build_ext_with_core},
+)

@@ -1,0 +1,33 @@
+"""Virtual memory for files of blocks: map them, fault blocks in on first touch.
+
+`BigFile` is a file of fixed-size blocks whose backend (a Python subclass)
+gives ``loadblk`` and ``storeblk``.  `BigFile.fileh_open` opens a `BigFileH`
+with its own page cache; `BigFileH.mmap` maps pages of it as a `VMA`, which
+exports the buffer protocol (``numpy.frombuffer(vma)``).  Pages come from a
+`RAM` with a capacity; writes are tracked per page and written out with
+`BigFileH.dirty_writeout`.  See DESIGN.md, "The virtual-memory core".
+"""
+
+from zbigarray.bigfile._bigfile import (
+    RAM,
+    VMA,
+    WRITEOUT_MARKSTORED,
+    WRITEOUT_STORE,
+    BigFile,
+    BigFileH,
+    ram_default,
+    ram_parse_size,
+    ram_reclaim,
+)
+
+__all__ = [
+    "BigFile",
+    "BigFileH",
+    "VMA",
+    "RAM",
+    "WRITEOUT_STORE",
+    "WRITEOUT_MARKSTORED",
+    "ram_reclaim",
+    "ram_default",
+    "ram_parse_size",
+]

@@ -1,0 +1,591 @@
+# cython: language_level=3
+"""Python face of the virtual-memory core: BigFile, BigFileH, VMA, RAM.
+
+The extension types mirror the C API of virtmem.h call for call; array
+semantics live above, in zbigarray.bigarray.  What crosses from C back into
+Python (loadblk/storeblk trampolines, GIL hooks, the failure policy of page
+faults) is in _pyfile.pyx; this module installs it into the core at import.
+
+Locking: a core function that can call back into Python or wait for another
+thread (fileh_dirty_writeout) runs under ``with nogil``.  The others only take
+the virtmem lock briefly -- the core never waits for the GIL while holding it,
+so taking it with the GIL held cannot deadlock -- and run with the GIL held,
+which makes them atomic with respect to another Python thread closing the same
+handle or mapping.
+"""
+
+cimport cython
+from cpython.pythread cimport PyThread_get_thread_ident
+from cpython.ref cimport PyObject, Py_DECREF, Py_INCREF
+from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES
+from libc.errno cimport EBUSY, EINVAL, EOVERFLOW
+from libc.stdint cimport SIZE_MAX, uint64_t
+
+from zbigarray.bigfile cimport virtmem as virt
+from zbigarray.bigfile._errors cimport check as _check, u64_arg as _u64
+from zbigarray.bigfile._pyfile cimport PyBigFile, fault_error, gil_hooks, pyfile_ops
+
+import operator
+import os
+import weakref
+
+
+cdef extern from "Python.h":
+    # GC slots, without the exception checks cpython/object.pxd adds.
+    ctypedef int (*visitproc)(PyObject *, void *) noexcept
+    ctypedef int (*traverseproc)(PyObject *, visitproc, void *) noexcept
+    ctypedef struct _TypeGCSlots "PyTypeObject":
+        traverseproc tp_traverse
+
+
+WRITEOUT_STORE = virt.WRITEOUT_STORE
+WRITEOUT_MARKSTORED = virt.WRITEOUT_MARKSTORED
+
+cdef size_t _pagesize = virt.virt_os_pagesize()
+
+
+virt.virt_set_gil_hooks(gil_hooks())
+virt.virt_set_fault_error_handler(fault_error)
+
+
+# ----------------------------------------------------------------------- RAM
+
+cdef class RAM:
+    """Page memory with a capacity, shared by the file handles opened on it.
+
+    Parameters
+    ----------
+    capacity : int or str or None
+        Bytes of page memory in use at most, as an int or a size string such
+        as ``"64M"`` (see `ram_parse_size`).  None: the process default.
+
+    Raises
+    ------
+    ValueError
+        `capacity` is smaller than one OS page or does not parse.
+    """
+
+    def __init__(self, capacity=None):
+        cdef size_t cap = 0     # 0: the core's default capacity
+        cdef int err
+        if self._c != NULL:
+            raise TypeError("RAM object is already initialized")
+        if capacity is not None:
+            cap = _capacity_arg(capacity, "RAM()")
+        err = virt.ram_new(&self._c, cap)
+        _check(err, f"RAM(capacity={capacity!r})")
+
+    def __dealloc__(self):
+        if self._c != NULL:
+            virt.ram_decref(self._c)
+
+    cdef virt.RAM *_ptr(self) except NULL:
+        if self._c == NULL:
+            raise ValueError("uninitialized RAM object")
+        return self._c
+
+    @property
+    def capacity(self):
+        """Capacity in bytes; assigning a smaller one reclaims clean pages now."""
+        return self.stats()["capacity"]
+
+    @capacity.setter
+    def capacity(self, value):
+        cdef virt.RAM *c = self._ptr()
+        _check(virt.ram_set_capacity(c, _capacity_arg(value, "RAM.capacity")),
+               f"RAM.capacity = {value!r}")
+
+    def stats(self):
+        """Counters of this RAM (bytes and pages), as a dict."""
+        cdef virt.RAMStats st
+        virt.ram_get_stats(self._ptr(), &st)
+        return {"capacity": st.capacity, "used": st.used, "npages": st.npages,
+                "nclean": st.nclean, "memfd_size": st.memfd_size,
+                "nreclaimed": st.nreclaimed, "nrecycled": st.nrecycled}
+
+    def reclaim(self, max_pages=None):
+        """Drop up to `max_pages` least recently used clean pages now (None:
+        all of them).  Returns how many were dropped."""
+        cdef size_t n = SIZE_MAX
+        cdef virt.RAM *c = self._ptr()
+        if max_pages is not None:
+            n = <size_t>_u64(max_pages, "max_pages", "RAM.reclaim()")
+        with nogil:
+            n = virt.ram_reclaim(c, n)
+        return n
+
+    def __repr__(self):
+        if self._c == NULL:
+            return "<RAM uninitialized>"
+        st = self.stats()
+        return f"<RAM capacity={st['capacity']} used={st['used']}>"
+
+
+cdef size_t _capacity_arg(value, str what) except? 0:
+    if isinstance(value, str):
+        n = ram_parse_size(value)
+    else:
+        n = operator.index(value)
+    if n < <object>_pagesize:
+        raise ValueError(f"{what}: capacity must be at least one OS page "
+                         f"({_pagesize} bytes), got {value!r}")
+    if n > <object>SIZE_MAX:
+        raise OverflowError(f"{what}: capacity {value!r} does not fit size_t")
+    return n
+
+
+def ram_parse_size(s):
+    """Parse a size such as ``"4096"``, ``"64K"``, ``"64M"``, ``"2G"``, ``"1T"``.
+
+    Binary units; an optional ``B`` or ``iB`` suffix; case-insensitive.
+
+    Raises
+    ------
+    ValueError
+        `s` does not parse.
+    OverflowError
+        The size does not fit in size_t.
+    """
+    cdef size_t out = 0
+    if not isinstance(s, str):
+        raise TypeError(f"ram_parse_size: expected str, got {type(s).__name__}")
+    try:
+        b = s.encode("ascii")
+    except UnicodeEncodeError:
+        raise ValueError(f"invalid size {s!r}") from None
+    if b"\0" in b:
+        raise ValueError(f"invalid size {s!r}")
+    err = virt.ram_parse_size(b, &out)
+    if err == -EINVAL:
+        raise ValueError(f"invalid size {s!r}: expected a number with an "
+                         "optional K/M/G/T suffix")
+    _check(err, f"ram_parse_size({s!r})")
+    return out
+
+
+cdef RAM _default_ram = None
+
+def ram_default():
+    """The process-wide RAM (capacity from ``$ZBIGARRAY_RAM_MAX`` if set).
+
+    Raises
+    ------
+    ValueError
+        ``$ZBIGARRAY_RAM_MAX`` does not parse.
+    """
+    global _default_ram
+    cdef virt.RAM *c = NULL
+    cdef RAM ram
+    if _default_ram is None:
+        err = virt.ram_default(&c)
+        if err == -EINVAL:
+            raise ValueError("invalid ZBIGARRAY_RAM_MAX="
+                             f"{os.environ.get('ZBIGARRAY_RAM_MAX')!r}: expected a "
+                             "size such as 64M or 2G")
+        _check(err, "ram_default()")
+        ram = RAM.__new__(RAM)
+        virt.ram_incref(c)      # the core's reference is borrowed: take our own
+        ram._c = c
+        _default_ram = ram
+    return _default_ram
+
+
+def ram_reclaim():
+    """Drop up to 64 least recently used clean pages of the default RAM now.
+
+    Returns
+    -------
+    int
+        How many pages were dropped.
+    """
+    return ram_default().reclaim(64)
+
+
+# ------------------------------------------------------------------- BigFile
+
+cdef class BigFile:
+    """A file of `blksize`-byte blocks; subclass it and give loadblk/storeblk.
+
+    A subclass whose constructor takes other arguments creates itself with
+    ``BigFile.__new__(cls, blksize)`` from its own ``__new__``.
+
+    Parameters
+    ----------
+    blksize : int
+        Block size in bytes: a positive multiple of the OS page size.
+
+    Raises
+    ------
+    TypeError
+        `blksize` is not an int.
+    ValueError
+        `blksize` is not a positive multiple of the OS page size, or too big.
+    """
+
+    def __cinit__(self, blksize):
+        n = operator.index(blksize)
+        if n <= 0 or n % _pagesize or n > <object>virt.VIRT_BLKSIZE_MAX:
+            raise ValueError(f"blksize must be a positive multiple of the OS page "
+                             f"size ({_pagesize}) at most {virt.VIRT_BLKSIZE_MAX}, "
+                             f"got {n}")
+        errors = {}
+        self._c.cfile.ops = pyfile_ops()
+        self._c.cfile.blksize = n
+        self._c.owner = <PyObject *>self
+        self._c.errors = <PyObject *>errors
+        Py_INCREF(errors)           # dropped in __dealloc__
+
+    def __dealloc__(self):
+        if self._c.errors != NULL:
+            Py_DECREF(<object>self._c.errors)
+
+    @property
+    def blksize(self):
+        """Block size in bytes."""
+        return self._c.cfile.blksize
+
+    def loadblk(self, blk, buf):
+        """Fill `buf` (a writable memoryview of `blksize` bytes) with block `blk`.
+
+        `buf` is valid only during the call.  Runs inside the page fault of the
+        thread that touched the block: an exception here is fatal (the process
+        aborts after printing it), as an I/O error on an mmapped file is.
+        """
+        raise NotImplementedError(f"{type(self).__name__}.loadblk")
+
+    def storeblk(self, blk, buf):
+        """Save block `blk` from `buf` (a read-only memoryview of `blksize`
+        bytes), valid only during the call.  An exception propagates out of the
+        `BigFileH.dirty_writeout` that called it."""
+        raise NotImplementedError(f"{type(self).__name__}.storeblk")
+
+    def fileh_open(self, RAM ram=None):
+        """Open a file handle with its own page cache.
+
+        Parameters
+        ----------
+        ram : RAM, optional
+            Where its pages come from; default: `ram_default()`.
+
+        Returns
+        -------
+        BigFileH
+
+        Raises
+        ------
+        ValueError
+            `blksize` exceeds the RAM's capacity, or ``$ZBIGARRAY_RAM_MAX``
+            (used by the default RAM) does not parse.
+        """
+        cdef virt.BigFileH *c = NULL
+        cdef BigFileH fileh
+        if ram is None:
+            ram = ram_default()
+        err = virt.fileh_open(&c, &self._c.cfile, ram._ptr())
+        if err == -EINVAL:
+            raise ValueError(f"fileh_open: blksize {self.blksize} exceeds the "
+                             f"RAM capacity {ram.capacity}")
+        _check(err, "fileh_open()")
+        Py_INCREF(self)     # for the core; dropped by _pyfile_release
+        fileh = BigFileH.__new__(BigFileH)
+        fileh._c = c
+        fileh.file = self
+        fileh.ram = ram
+        fileh._vmas = weakref.WeakSet()
+        return fileh
+
+    cdef object _pop_error(self):
+        """The exception storeblk raised in this thread, if any (see _pyfile)."""
+        return (<dict>self._c.errors).pop(PyThread_get_thread_ident(), None)
+
+
+# ------------------------------------------------------------------ BigFileH
+
+# No tp_clear: a handle keeps file, ram and its VMA set until it is freed, as
+# its methods may still run (from finalizers) while a cycle is collected.
+# Cycles through it are broken elsewhere: at its BigFile, at its VMAs.
+@cython.no_gc_clear
+cdef class BigFileH:
+    """A handle on a BigFile with its own page cache (from `BigFile.fileh_open`).
+
+    Every method raises ValueError once the handle is closed.  Usable as a
+    context manager, which closes it.
+    """
+
+    def __init__(self, *args, **kw):
+        raise TypeError("BigFileH objects are created by BigFile.fileh_open()")
+
+    def __dealloc__(self):
+        if self._c != NULL:
+            virt.fileh_close(self._c)
+
+    cdef virt.BigFileH *_handle(self, str what) except NULL:
+        if self._c == NULL:
+            raise ValueError(f"{what} on a closed file handle")
+        return self._c
+
+    def mmap(self, pgoffset, pglen):
+        """Map pages ``[pgoffset, pgoffset+pglen)``; they load on first touch.
+
+        Returns
+        -------
+        VMA
+
+        Raises
+        ------
+        ValueError
+            A negative argument, or `pglen` == 0.
+        OverflowError
+            The range does not fit 64 bits or the address space.
+        """
+        what = f"mmap(pgoffset={pgoffset!r}, pglen={pglen!r})"
+        cdef virt.BigFileH *c = self._handle(what)
+        cdef virt.VMA *cvma = NULL
+        cdef VMA vma
+        cdef uint64_t off = _u64(pgoffset, "pgoffset", what)
+        cdef uint64_t n = _u64(pglen, "pglen", what)
+        if n == 0:
+            raise ValueError(f"{what}: pglen must be > 0")
+        if <object>off + <object>n - 1 > 0xFFFF_FFFF_FFFF_FFFF:
+            raise OverflowError(f"{what}: the range does not fit 64 bits")
+        err = virt.fileh_mmap(&cvma, c, off, n)
+        if err == -EOVERFLOW:
+            raise OverflowError(f"{what}: the range does not fit the address space")
+        _check(err, what)
+        vma = VMA.__new__(VMA)
+        vma._c = cvma
+        Py_INCREF(self)         # dropped in VMA.__dealloc__
+        vma._fileh = <PyObject *>self
+        vma.addr_start = virt.vma_addr_start(cvma)
+        vma.addr_stop = virt.vma_addr_stop(cvma)
+        vma._shape[0] = vma.addr_stop - vma.addr_start
+        vma._strides[0] = 1
+        self._vmas.add(vma)
+        return vma
+
+    def dirty_writeout(self, flags):
+        """Write out dirty pages: WRITEOUT_STORE calls storeblk for each, in
+        ascending block order; WRITEOUT_MARKSTORED makes them clean again.
+
+        Raises
+        ------
+        ValueError
+            `flags` has neither bit, or unknown bits.
+        RuntimeError
+            A writeout of this handle is already running.
+        Exception
+            Whatever storeblk raised (the pages then stay dirty).
+        """
+        cdef virt.BigFileH *c = self._handle("dirty_writeout()")
+        cdef int cflags = _writeout_flags(flags)
+        cdef int err
+        self._nwriteout += 1
+        try:
+            with nogil:
+                err = virt.fileh_dirty_writeout(c, cflags)
+        finally:
+            self._nwriteout -= 1
+        exc = self.file._pop_error()
+        if exc is not None:
+            raise exc
+        if err == -EBUSY:
+            raise RuntimeError(f"dirty_writeout({flags!r}): writeout already in progress")
+        _check(err, f"dirty_writeout({flags!r})")
+
+    def dirty_discard(self):
+        """Drop every dirty page; the next touch reloads it from the file."""
+        cdef virt.BigFileH *c = self._handle("dirty_discard()")
+        err = virt.fileh_dirty_discard(c)
+        if err == -EBUSY:
+            raise RuntimeError("dirty_discard(): writeout in progress")
+        _check(err, "dirty_discard()")
+
+    def isdirty(self):
+        """Whether any page was written since the last writeout or discard."""
+        return bool(virt.fileh_isdirty(self._handle("isdirty()")))
+
+    def invalidate_page(self, pgoffset):
+        """Block `pgoffset` changed in the file: drop its page (a load in
+        flight throws its result away)."""
+        what = f"invalidate_page(pgoffset={pgoffset!r})"
+        cdef virt.BigFileH *c = self._handle(what)
+        err = virt.fileh_invalidate_page(c, _u64(pgoffset, "pgoffset", what))
+        if err == -EBUSY:
+            raise RuntimeError(f"{what}: the page is being stored")
+        _check(err, what)
+
+    def stats(self):
+        """Counters of this handle (npages, ndirty, nvma, nloadblk,
+        nstoreblk), as a dict."""
+        cdef virt.FileHStats st
+        virt.fileh_get_stats(self._handle("stats()"), &st)
+        return {"npages": st.npages, "ndirty": st.ndirty, "nvma": st.nvma,
+                "nloadblk": st.nloadblk, "nstoreblk": st.nstoreblk}
+
+    def close(self):
+        """Unmap every VMA of this handle and drop its pages, dirty ones too.
+
+        Idempotent.  Memory of its mappings becomes inaccessible (touching it
+        crashes, as after munmap).
+
+        Raises
+        ------
+        RuntimeError
+            Called while a dirty_writeout of this handle runs.
+        """
+        cdef VMA vma
+        cdef virt.BigFileH *c
+        if self._c == NULL:
+            return
+        if self._nwriteout:
+            raise RuntimeError("cannot close a file handle during its dirty_writeout")
+        for vma in list(self._vmas):
+            vma._c = NULL       # fileh_close frees them
+        c = self._c
+        self._c = NULL
+        virt.fileh_close(c)
+
+    @property
+    def closed(self):
+        """Whether `close` was called."""
+        return self._c == NULL
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.close()
+
+    def __repr__(self):
+        state = "closed" if self._c == NULL else "open"
+        return f"<BigFileH {state} file={self.file!r}>"
+
+
+cdef int _writeout_flags(flags) except -1:
+    cdef int ok = virt.WRITEOUT_STORE | virt.WRITEOUT_MARKSTORED
+    try:
+        f = operator.index(flags)
+    except TypeError:
+        f = None
+    if f is None or not (f & ok) or (f & ~ok):
+        raise ValueError(f"dirty_writeout: invalid flags {flags!r}: expected "
+                         "WRITEOUT_STORE, WRITEOUT_MARKSTORED or both")
+    return f
+
+
+# ----------------------------------------------------------------------- VMA
+
+cdef class VMA:
+    """One mapping of pages of a file handle; exports a writable 1-D buffer
+    of unsigned bytes (``memoryview(vma)``, ``numpy.frombuffer(vma)``).
+
+    The mapping stays alive while any exported buffer is alive, and keeps its
+    file handle alive.  `close` unmaps it even then: touching the memory
+    afterwards crashes, as after munmap.
+    """
+
+    def __init__(self, *args, **kw):
+        raise TypeError("VMA objects are created by BigFileH.mmap()")
+
+    def __dealloc__(self):
+        if self._alive():
+            virt.vma_unmap(self._c)
+        if self._fileh != NULL:
+            Py_DECREF(<object>self._fileh)
+
+    cdef bint _alive(self):
+        # _c is valid only while the handle is open too: closing the handle
+        # frees its VMAs.  The handle marks its VMA objects closed then, but it
+        # cannot reach one whose weakref the collector already cleared (this
+        # VMA in a cycle being collected).
+        return self._c != NULL and (<BigFileH>self._fileh)._c != NULL
+
+    @property
+    def fileh(self):
+        """The file handle this VMA maps pages of."""
+        return <BigFileH>self._fileh
+
+    cdef virt.VMA *_vma(self, str what) except NULL:
+        if not self._alive():
+            raise ValueError(f"{what} on a closed VMA")
+        return self._c
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        self._vma("buffer export")
+        view.buf = <void *>self.addr_start
+        view.len = self._shape[0]
+        view.itemsize = 1
+        view.readonly = 0
+        view.ndim = 1
+        view.format = NULL
+        if flags & PyBUF_FORMAT:
+            view.format = b"B"
+        view.shape = self._shape if flags & PyBUF_ND else NULL
+        view.strides = self._strides if flags & PyBUF_STRIDES else NULL
+        view.suboffsets = NULL
+        view.internal = NULL
+        view.obj = self
+        self._nexports += 1
+
+    def __releasebuffer__(self, Py_buffer *view):
+        self._nexports -= 1
+
+    def filerange(self):
+        """``(pgoffset, pglen)``: the pages of the file handle mapped here."""
+        cdef virt.VMA *c = self._vma("filerange()")
+        return (virt.vma_pgoffset(c), virt.vma_pglen(c))
+
+    def pagesize(self):
+        """Size of one page of this mapping (the file's block size)."""
+        return virt.vma_pagesize(self._vma("pagesize()"))
+
+    def close(self):
+        """Unmap.  Idempotent; touching the memory afterwards crashes."""
+        cdef virt.VMA *c = self._c
+        if not self._alive():
+            self._c = NULL
+            return
+        self._c = NULL
+        virt.vma_unmap(c)
+        (<BigFileH>self._fileh)._vmas.discard(self)
+
+    @property
+    def closed(self):
+        """Whether the mapping was closed (directly or by its file handle)."""
+        return not self._alive()
+
+    def __repr__(self):
+        state = "open" if self._alive() else "closed"
+        return f"<VMA {state} [{self.addr_start:#x}, {self.addr_stop:#x})>"
+
+
+# ------------------------------------------------- references the GC must see
+#
+# Two strong references are held outside the attributes Cython knows about,
+# so its generated tp_traverse does not report them; the wrappers below do.
+# - An open handle owns the core's reference to its BigFile (see fileh_open).
+#   Unreported, a cycle BigFile -> BigFileH -> BigFile would look referenced
+#   from outside and never be collected.
+# - A VMA's reference to its handle is a raw pointer so that the generated
+#   tp_clear cannot drop it: the VMA must still reach the handle to unmap
+#   itself in __dealloc__ (tp_clear clears pyuser, which breaks its cycles).
+
+cdef traverseproc _bigfileh_traverse_attrs = (<_TypeGCSlots *><PyObject *>BigFileH).tp_traverse
+cdef traverseproc _vma_traverse_attrs = (<_TypeGCSlots *><PyObject *>VMA).tp_traverse
+
+cdef int _bigfileh_traverse(PyObject *o, visitproc visit, void *arg) noexcept:
+    cdef int r = _bigfileh_traverse_attrs(o, visit, arg)
+    cdef BigFileH fileh = <BigFileH>o
+    if r == 0 and fileh._c != NULL and fileh.file is not None:
+        r = visit(<PyObject *>fileh.file, arg)
+    return r
+
+cdef int _vma_traverse(PyObject *o, visitproc visit, void *arg) noexcept:
+    cdef int r = _vma_traverse_attrs(o, visit, arg)
+    cdef PyObject *fileh = (<VMA>o)._fileh
+    if r == 0 and fileh != NULL:
+        r = visit(fileh, arg)
+    return r
+
+(<_TypeGCSlots *><PyObject *>BigFileH).tp_traverse = _bigfileh_traverse
+(<_TypeGCSlots *><PyObject *>VMA).tp_traverse = _vma_traverse

@@ -1,0 +1,20 @@
+# The C -> Python boundary: how the core calls a Python BigFile, waits
+# without the GIL, and fails a page fault.  Core-free (nothing here calls into
+# the core); _bigfile installs these into it.
+
+from cpython.ref cimport PyObject
+
+from zbigarray.bigfile cimport virtmem as virt
+
+
+# The C BigFile handed to the core, followed by pointers back to the Python
+# object that embeds it: the trampolines get a virt.BigFile* and cast it
+# to this struct to find their owner (cfile must stay the first member).
+cdef struct PyBigFile:
+    virt.BigFile  cfile
+    PyObject     *owner     # the BigFile object (borrowed)
+    PyObject     *errors    # dict thread id -> exception raised by storeblk (a reference)
+
+cdef const virt.BigFileOps *pyfile_ops()
+cdef const virt.VirtGilHooks *gil_hooks()
+cdef void fault_error(virt.BigFile *cf, virt.blk_t blk, int err, const char *what) noexcept with gil
