@@ -1,0 +1,207 @@
+"""BigArray indexing: views, laziness, errors and aliasing."""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+
+from zbigarray.bigarray import BigArray
+from zbigarray.bigarray._memory import memory_owner
+from zbigarray.bigfile import WRITEOUT_MARKSTORED, WRITEOUT_STORE
+
+from .backends import MemFile, file_array
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
+def _mapping(view: np.ndarray):
+    return memory_owner(view)[1]
+
+
+def test_int_index_of_10gib_array_maps_and_loads_one_block():
+    # 10 GiB of float64 rows of 4 KiB, in 2 MiB blocks: row k lies in one block.
+    f = MemFile(2 * MiB)
+    A = BigArray((10 * GiB // 4096, 512), "f8", f.fileh_open())
+    k = 1234567
+    row = A[k]
+    assert row.shape == (512,)
+    blk = k * 4096 // (2 * MiB)
+    assert _mapping(row).vma.filerange() == (blk, 1)
+    assert row.sum() == 0
+    assert f.loaded == {blk: 1}
+
+
+@pytest.mark.parametrize("order", "CF")
+def test_slice_maps_only_the_blocks_of_its_major_range(order):
+    f = MemFile(4096)
+    A = BigArray((64, 512), "u1", f.fileh_open(), order) if order == "C" else \
+        BigArray((512, 64), "u1", f.fileh_open(), order)
+    idx = np.s_[10:30:7] if order == "C" else np.s_[:, 10:30:7]
+    view = A[idx]
+    # Rows 10, 17, 24 of 512 bytes: bytes [5120, 12800) -> blocks 1..3.
+    assert _mapping(view).vma.filerange() == (1, 3)
+    view.sum()
+    assert set(f.loaded) == {1, 2, 3}
+
+
+@pytest.mark.parametrize("idx", [np.s_[5:5], np.s_[7:2], np.s_[2:2, ::-1], np.s_[[]], np.s_[np.zeros(10, bool)]])
+def test_empty_result_maps_nothing(idx):
+    A = file_array((10, 4), "f8")
+    nvma = A._fileh.stats()["nvma"]
+    got = A[idx]
+    want = np.zeros((10, 4))[idx]
+    assert (got.shape, got.dtype) == (want.shape, want.dtype)
+    assert A._fileh.stats()["nvma"] == nvma
+    A[idx] = 1  # writes nothing, and does not fail
+    assert A._fileh.stats()["nvma"] == nvma
+
+
+@pytest.mark.parametrize("shape", [(0,), (3, 0), (0, 5)])
+def test_array_without_elements_reads_and_writes_as_numpy(shape):
+    A = file_array(shape, "i4")
+    a = np.zeros(shape, "i4")
+    np.testing.assert_array_equal(np.asarray(A), a)
+    assert A[:].shape == a[:].shape
+    A[...] = 7
+    assert A[..., None].shape == a[..., None].shape
+
+
+def test_basic_index_returns_a_view_writes_reach_the_file():
+    f = MemFile(4096)
+    fileh = f.fileh_open()
+    A = BigArray((100, 100), "i8", fileh)
+    view = A[50:60, ::-1]
+    view[...] = np.arange(10)[:, None]
+    assert isinstance(view, np.ndarray) and _mapping(view).root is A
+    fileh.dirty_writeout(WRITEOUT_STORE | WRITEOUT_MARKSTORED)
+    # Rows 50..59 are bytes [40000, 48000): blocks 9, 10 and 11.
+    assert sorted(f.blocks) == [9, 10, 11]
+    stored = np.frombuffer(b"".join(f.blocks[b] for b in (9, 10, 11)), "i8")
+    rows = stored[(40000 - 9 * 4096) // 8:][:1000].reshape(10, 100)
+    np.testing.assert_array_equal(rows, np.repeat(np.arange(10), 100).reshape(10, 100))
+
+
+def test_full_int_index_gives_a_scalar_as_numpy():
+    A = file_array((3, 4), "f4")
+    A[1, 2] = 5
+    got = A[1, 2]
+    assert type(got) is np.float32 and got == 5
+    assert A[-2, -2] == 5
+
+
+@pytest.mark.parametrize("idx", [np.s_[3], np.s_[-4], np.s_[0, 5], np.s_[..., -6], np.s_[[0, 3]], np.s_[:, [5]]])
+@pytest.mark.parametrize("order", "CF")
+def test_out_of_range_int_is_index_error(idx, order):
+    A = file_array((3, 5), "f8", order)
+    with pytest.raises(IndexError, match="out of bounds"):
+        A[idx]
+    with pytest.raises(IndexError, match="out of bounds"):
+        A[idx] = 1
+
+
+@pytest.mark.parametrize("idx", [np.s_[1.5], np.s_["x"], np.s_[..., ...], np.s_[0, 0, 0], np.s_[np.ones(4, bool)]])
+def test_invalid_index_raises_what_numpy_raises(idx):
+    A = file_array((3, 5), "f8")
+    with pytest.raises(IndexError) as want:
+        np.zeros((3, 5))[idx]
+    with pytest.raises(type(want.value)):
+        A[idx]
+
+
+def test_field_access_on_structured_array():
+    A = file_array(6, [("a", "i4"), ("b", "f8")])
+    A["b"] = np.arange(6)
+    A[2:4]["a"] = 7
+    np.testing.assert_array_equal(A["a"], [0, 0, 7, 7, 0, 0])
+    np.testing.assert_array_equal(A[["a", "b"]][1:3]["b"], [1, 2])
+
+
+def test_views_stay_valid_after_the_bigarray_is_gone():
+    A = file_array((1000,), "i4")
+    A[:] = np.arange(1000)
+    view = A[100:200]
+    del A
+    gc.collect()
+    np.testing.assert_array_equal(view, np.arange(100, 200))
+    view[:] = 0
+    assert view.sum() == 0
+
+
+def test_two_views_alias_the_same_memory():
+    A = file_array((100, 10), "f8")
+    v1, v2 = A[10:20], A[15:30]
+    v1[5:] = 3.5
+    np.testing.assert_array_equal(v2[:5], 3.5)
+
+
+@pytest.mark.parametrize("order", "CF")
+def test_overlapping_assignment_through_two_mappings_is_correct(order):
+    # NumPy cannot see that the two mappings overlap (different addresses);
+    # BigArray must copy the value first, as NumPy does for one mapping.
+    A = file_array(5000, "i8", order)
+    a = np.arange(5000)
+    A[:] = a
+    A[1:] = A[:-1]
+    a[1:] = a[:-1].copy()
+    np.testing.assert_array_equal(A[:], a)
+    A[:-7] = A[7:]
+    a[:-7] = a[7:].copy()
+    np.testing.assert_array_equal(A[:], a)
+    A[::-1] = A[:]
+    np.testing.assert_array_equal(A[:], a[::-1])
+
+
+def test_assignment_from_another_bigarray_and_broadcasting():
+    A = file_array((4, 3), "f8")
+    B = file_array(3, "i4")
+    B[:] = [1, 2, 3]
+    A[...] = B
+    np.testing.assert_array_equal(A[:], np.tile([1, 2, 3], (4, 1)))
+    A[[0, 2]] = [[9], [8]]
+    np.testing.assert_array_equal(A[:, 1], [9, 2, 8, 2])
+
+
+def test_array_protocol():
+    A = file_array((4, 3), "i4", "F")
+    A[:] = np.arange(12).reshape(4, 3)
+    a = np.asarray(A)
+    assert a.flags.f_contiguous and _mapping(a).root is A
+    a[0, 0] = 100
+    assert A[0, 0] == 100
+    assert np.array(A, copy=True).base is None
+    c = np.asarray(A, dtype="f8")
+    assert c.dtype == np.float64 and c[0, 0] == 100
+    np.testing.assert_array_equal(A.__array__(copy=False), a)
+    with pytest.raises(ValueError, match="copy"):
+        A.__array__(np.float64, copy=False)
+    assert np.add(A, 1)[0, 0] == 101
+
+
+def test_0d_array():
+    A = file_array((), "c16")
+    A[()] = 1 + 2j
+    assert A[()] == 1 + 2j
+    assert A[...].shape == () and isinstance(A[...], np.ndarray)
+    assert A[None].shape == (1,)
+    np.testing.assert_array_equal(np.asarray(A), 1 + 2j)
+
+
+def test_whole_view_beyond_the_address_space_is_memory_error_and_rows_still_work():
+    A = BigArray(2**59, "f8", MemFile(4096).fileh_open())  # 4 EiB
+    A[-1] = 5
+    np.testing.assert_array_equal(A[-3:], [0, 0, 5])
+    with pytest.raises(MemoryError, match="mmap"):
+        np.asarray(A)
+
+
+def test_closed_file_handle_is_value_error():
+    A = file_array(1000, "f8")
+    A[:10] = 1
+    A._fileh.close()
+    with pytest.raises(ValueError, match="closed"):
+        A[5]
+    with pytest.raises(ValueError, match="closed"):
+        A[0] = 1
