@@ -1,0 +1,137 @@
+"""The BigFile behind each handle of a ZBigFile: loadblk/storeblk on ZODB.
+
+``ZBigFile`` cannot itself be a ``BigFile`` (see its Notes), so each handle
+gets one of these.  Besides moving bytes between pages and block objects, it
+records what each cached page was read from (:class:`BlkDeps`), which is what
+invalidation works from, and keeps those records bounded.
+"""
+
+from __future__ import annotations
+
+import threading
+from hashlib import blake2b
+from typing import TYPE_CHECKING
+
+from persistent import Persistent
+
+from zbigarray.bigfile import BigFile
+from zbigarray.storage import _btree
+from zbigarray.storage._invalidation import BlkDeps
+from zbigarray.storage.file_zodb import ZBLK1_CHUNKSIZE, ZBigFile, ZBlk1
+
+if TYPE_CHECKING:
+    from zbigarray.storage._datamanager import FileHDataManager
+
+
+def _chunk_digests(buf: memoryview) -> list[bytes]:
+    """A 128-bit BLAKE2b digest of each ZBlk1 chunk of `buf`."""
+    return [blake2b(buf[off:off + ZBLK1_CHUNKSIZE], digest_size=16).digest()
+            for off in range(0, len(buf), ZBLK1_CHUNKSIZE)]
+
+
+class ZBlkBigFile(BigFile):
+    """The BigFile behind one handle of a ZBigFile.
+
+    Parameters
+    ----------
+    zfile
+        The persistent file whose blocks are read and written.
+    """
+
+    def __new__(cls, zfile: ZBigFile) -> ZBlkBigFile:
+        return BigFile.__new__(cls, zfile.blksize)
+
+    def __init__(self, zfile: ZBigFile) -> None:
+        self.zfile = zfile
+        self.deps = BlkDeps()
+        # block -> block object (None: hole) written by the running commit
+        self.stored: dict[int, Persistent | None] = {}
+        self.dm: FileHDataManager | None = None
+        # Records beyond this are pruned (see _prune); set by fileh_open.
+        self.max_deps = 1 << 62
+        # loadblk may run in several threads at once (NumPy loops that
+        # release the GIL fault in parallel): keep the records consistent.
+        self._lock = threading.Lock()
+
+    def loadblk(self, blk: int, buf: memoryview) -> None:
+        path: list[Persistent] = []
+        data: list[Persistent] = []
+        zblk = self.zfile.loadblkdata(blk, buf, path, data)
+        digests = _chunk_digests(buf) if type(zblk) is ZBlk1 else None
+        with self._lock:
+            self.deps.record(blk, path, zblk, data)
+            if digests is not None:
+                self.deps.digests[blk] = digests
+            else:
+                self.deps.digests.pop(blk, None)
+        if len(self.deps) > self.max_deps:
+            self._prune()
+
+    def _prune(self) -> None:
+        """Bound what is recorded to about twice the pages RAM can hold.
+
+        RAM reclaims clean pages without telling us, so records of pages
+        long gone would pile up (a scan of a file bigger than RAM records
+        every block).  Dropping the oldest records is safe only together
+        with their pages (a page without a record would miss
+        invalidations), and dropping a page is safe only when it is clean:
+        so prune only while the handle has no dirty page.  Reading is what
+        makes records pile up, so this bounds them where it matters.
+        """
+        fileh = None if self.dm is None else self.dm.fileh
+        if fileh is None or fileh.closed or fileh.isdirty():
+            return
+        with self._lock:
+            victims = self.deps.oldest(len(self.deps) - self.max_deps * 3 // 4)
+            for blk in victims:
+                self.deps.forget(blk)
+        for blk in victims:
+            fileh.invalidate_page(blk)
+
+    def storeblk(self, blk: int, buf: memoryview) -> None:
+        # Chunks whose digest is the one loaded (at this transaction's
+        # snapshot, or stored by our last commit) are stored as they are.
+        known = self.deps.digests.get(blk)
+        new = None
+        unchanged: set[int] = set()
+        if known is not None:
+            new = _chunk_digests(buf)
+            unchanged = {i * ZBLK1_CHUNKSIZE for i, (a, b) in enumerate(zip(known, new))
+                         if a == b}
+        zblk = self.stored[blk] = self.zfile.storeblkdata(blk, buf, unchanged)
+        with self._lock:
+            self.deps.unanchor(blk)
+            if type(zblk) is ZBlk1:
+                self.deps.digests[blk] = new if new is not None else _chunk_digests(buf)
+            else:
+                self.deps.digests.pop(blk, None)
+
+    def stale_blocks(self, changed: frozenset[bytes] | None) -> set[int]:
+        """Blocks whose cached page `changed` oids make stale (None: all).
+
+        Runs at a transaction boundary, after the ZODB cache was invalidated,
+        so that the lookups read the new snapshot.
+        """
+        with self._lock:
+            deps = self.deps
+            if changed is None:
+                stale = deps.blocks()
+            else:
+                stale, relook = deps.affected(changed)
+                for blk in relook:
+                    path: list[Persistent] = [self.zfile]
+                    zblk = _btree.lookup(self.zfile.blktab, blk, path)
+                    if (None if zblk is None else zblk._p_oid) != deps.zblk_oid(blk):
+                        stale.add(blk)
+                    else:
+                        deps.repath(blk, path)
+                for blk in deps.unanchored - stale:
+                    path = []
+                    data: list[Persistent] = []
+                    zblk = self.zfile.blkdeps(blk, path, data)
+                    deps.record(blk, path, zblk, data)
+                    if not changed.isdisjoint(o._p_oid for o in path + data):
+                        stale.add(blk)
+            for blk in stale:
+                deps.forget(blk)
+            return stale

@@ -1,0 +1,52 @@
+"""Opening a ZODB database from a path or a URI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ZODB
+import zodburi
+from ZODB.FileStorage import FileStorage
+
+
+def open_db(uri: str, **dbkw: Any) -> ZODB.DB:
+    """Open a ZODB database.
+
+    Parameters
+    ----------
+    uri
+        A path to a FileStorage file (created if missing; the embedded
+        default), or a zodburi URI: ``file:///path/Data.fs``, ``memory://``,
+        ``zeo://host:port`` (or ``zeo:///path/to/socket``), and the schemes
+        of other installed storages (RelStorage's ``postgres://``, ...).
+        URI query parameters are those of zodburi, e.g.
+        ``zeo://127.0.0.1:8100?wait_timeout=5`` or ``?connection_cache_size=1000``.
+    **dbkw
+        Keyword arguments for :class:`ZODB.DB`, overriding those from the URI.
+
+    Returns
+    -------
+    ZODB.DB
+
+    Raises
+    ------
+    TypeError
+        `uri` is not a string.
+    ValueError
+        `uri` is empty, has a scheme no installed storage handles, or does
+        not parse.
+    """
+    if not isinstance(uri, str):
+        raise TypeError(f"open_db: uri must be a str, not {type(uri).__name__}")
+    if not uri:
+        raise ValueError("open_db: empty uri")
+    if "://" not in uri:
+        return ZODB.DB(FileStorage(uri), **dbkw)
+    try:
+        factory, kw = zodburi.resolve_uri(uri)
+    except KeyError as e:       # zodburi's "no resolver" and "unknown keyword"
+        raise ValueError(f"open_db({uri!r}): {e.args[0]}") from None
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"open_db({uri!r}): {e}") from e
+    kw.update(dbkw)
+    return ZODB.DB(factory(), **kw)
