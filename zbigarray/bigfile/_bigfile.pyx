@@ -100,7 +100,7 @@ cdef class RAM:
         cdef virt.RAMStats st
         virt.ram_get_stats(self._ptr(), &st)
         return {"capacity": st.capacity, "used": st.used, "npages": st.npages,
-                "nclean": st.nclean, "memfd_size": st.memfd_size,
+                "nclean": st.nclean, "direct": st.direct, "memfd_size": st.memfd_size,
                 "nreclaimed": st.nreclaimed, "nrecycled": st.nrecycled}
 
     def reclaim(self, max_pages=None):
@@ -233,6 +233,7 @@ cdef class BigFile:
         self._c.cfile.blksize = n
         self._c.owner = <PyObject *>self
         self._c.errors = <PyObject *>errors
+        self._c.mmap_fd = -1
         Py_INCREF(errors)           # dropped in __dealloc__
 
     def __dealloc__(self):
@@ -243,6 +244,32 @@ cdef class BigFile:
     def blksize(self):
         """Block size in bytes."""
         return self._c.cfile.blksize
+
+    @property
+    def mmap_fd(self):
+        """The zero-copy path: an OS file descriptor, or None (the default).
+
+        Set it when block ``blk`` of this file is stored as-is at bytes
+        ``[blk*blksize, (blk+1)*blksize)`` of the regular file open as this
+        descriptor (readable).  Clean pages of such blocks are then mapped
+        straight from the OS page cache instead of being copied into RAM by
+        `loadblk` -- reading costs what `numpy.memmap` costs -- and the first
+        write to a page loads it through `loadblk` as usual.  Blocks not wholly
+        inside the file use `loadblk`.  As with mmap, clean pages show later
+        changes of the OS file, and shrinking it under them makes access raise
+        SIGBUS.  Keep the descriptor open while set; set None before closing.
+        """
+        return None if self._c.mmap_fd < 0 else self._c.mmap_fd
+
+    @mmap_fd.setter
+    def mmap_fd(self, fd):
+        if fd is None:
+            self._c.mmap_fd = -1
+            return
+        n = operator.index(fd)
+        if n < 0:
+            raise ValueError(f"mmap_fd must be an open file descriptor or None, got {n}")
+        self._c.mmap_fd = n
 
     def loadblk(self, blk, buf):
         """Fill `buf` (a writable memoryview of `blksize` bytes) with block `blk`.

@@ -14,6 +14,7 @@ cdef struct PyBigFile:
     virt.BigFile  cfile
     PyObject     *owner     # the BigFile object (borrowed)
     PyObject     *errors    # dict thread id -> exception raised by storeblk (a reference)
+    int           mmap_fd   # BigFile.mmap_fd: the zero-copy path's file, or -1
 
 cdef const virt.BigFileOps *pyfile_ops()
 cdef const virt.VirtGilHooks *gil_hooks()

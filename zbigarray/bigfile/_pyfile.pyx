@@ -13,7 +13,9 @@ _bigfile installs all three into the core when it is imported.
 
 from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport PyObject, Py_DECREF
-from libc.errno cimport EIO
+from libc.errno cimport EIO, ENODATA
+from libc.stdint cimport UINT64_MAX, uint64_t
+from posix.stat cimport S_ISREG, fstat, struct_stat as stat_t
 from libc.stdio cimport fflush, fprintf, stderr
 from libc.stdlib cimport abort
 from libc.string cimport strerror
@@ -71,6 +73,28 @@ cdef void _stash_error(virt.BigFile *cf, BaseException exc) noexcept:
         pass    # out of memory: dirty_writeout still fails, with OSError(EIO)
 
 
+cdef int _pyfile_mmapblk(virt.BigFile *cf, virt.blk_t blk, int *fd,
+                         uint64_t *offset) noexcept nogil:
+    # The zero-copy path (BigFile.mmap_fd): block blk is bytes
+    # [blk*blksize, (blk+1)*blksize) of the file.  Pure C, no GIL: it runs in
+    # the fault handler under the virtmem lock.  Only whole blocks inside the
+    # file are mapped: past its end a mapping would raise SIGBUS.
+    cdef int mfd = (<PyBigFile *>cf).mmap_fd
+    cdef stat_t st
+    cdef uint64_t size = cf.blksize
+    if mfd < 0:
+        return -ENODATA
+    if blk > (UINT64_MAX - size) // size:
+        return -ENODATA
+    if fstat(mfd, &st) != 0 or not S_ISREG(st.st_mode):
+        return -ENODATA
+    if (blk + 1) * size > <uint64_t>st.st_size:
+        return -ENODATA
+    fd[0] = mfd
+    offset[0] = blk * size
+    return 0
+
+
 cdef void _pyfile_release(virt.BigFile *cf) noexcept with gil:
     # Drops the reference BigFile.fileh_open took for the core.
     Py_DECREF(<object>(<PyBigFile *>cf).owner)
@@ -80,6 +104,7 @@ cdef virt.BigFileOps _pyfile_ops
 _pyfile_ops.loadblk = _pyfile_loadblk
 _pyfile_ops.storeblk = _pyfile_storeblk
 _pyfile_ops.release = _pyfile_release
+_pyfile_ops.mmapblk = _pyfile_mmapblk
 
 cdef const virt.BigFileOps *pyfile_ops():
     """The ops of every Python BigFile (a static table)."""

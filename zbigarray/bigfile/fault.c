@@ -65,6 +65,19 @@ static void fault_fail(BigFile *file, blk_t blk, int err, const char *what)
     fault_error_default(file, blk, err, what);   /* a handler that returned */
 }
 
+/* Never returns.  Called unlocked. */
+static void fault_fail_nomem(BigFileH *fileh, BigFile *file, blk_t blk, int err)
+{
+    RAMStats st;
+    char what[192];
+    ram_get_stats(fileh->ram, &st);
+    snprintf(what, sizeof what,
+             "no RAM for a new page: capacity %zu bytes, %zu in use by "
+             "dirty or loading pages (write out or raise ZBIGARRAY_RAM_MAX)",
+             st.capacity, st.used);
+    fault_fail(file, blk, err, what);
+}
+
 /* Serve a fault at @addr.  @write: 1 write, 0 read, -1 unknown (then the
  * first fault maps read-only and a second one on the same page is the
  * write).  Runs unlocked; takes the lock itself. */
@@ -82,7 +95,25 @@ static int fault_serve(uintptr_t addr, int write)
         size_t    blksize = file->blksize;
         blk_t     blk = vma->pgoffset + (addr - vma->addr_start) / blksize;
         Page     *page = pagemap_get(&fileh->pagemap, blk);
-        int       err;
+        int       err, just_made = 0;
+
+        if (!page && write != 1 && !fileh->no_direct && file->ops->mmapblk) {
+            /* Zero-copy: a clean page can show the backend's file itself. */
+            int fd;
+            uint64_t foff;
+            if (file->ops->mmapblk(file, blk, &fd, &foff) == 0) {
+                err = page__alloc_direct(fileh, blk, fd, foff, &page);
+                just_made = !err;
+                if (err == -ENOMEM && fileh->ram->nloading > fault_nloading_mine) {
+                    virt__wait_loads();
+                    continue;
+                }
+                if (err) {
+                    virt_unlock();
+                    fault_fail_nomem(fileh, file, blk, err);
+                }
+            }
+        }
 
         if (!page) {
             err = page__alloc(fileh, blk, &page);
@@ -93,15 +124,8 @@ static int fault_serve(uintptr_t addr, int write)
                 continue;
             }
             if (err) {
-                RAMStats st;
                 virt_unlock();
-                ram_get_stats(fileh->ram, &st);
-                char what[160];
-                snprintf(what, sizeof what,
-                         "no RAM for a new page: capacity %zu bytes, %zu in use by "
-                         "dirty or loading pages (write out or raise ZBIGARRAY_RAM_MAX)",
-                         st.capacity, st.used);
-                fault_fail(file, blk, err, what);
+                fault_fail_nomem(fileh, file, blk, err);
             }
 
             /* Load unlocked, into a writable alias of the slot that no VMA
@@ -172,6 +196,37 @@ static int fault_serve(uintptr_t addr, int write)
         fault_repeats = 0;
         if (write < 0)
             write = (m != NULL);   /* faulted on a read-only mapping: a write */
+
+        if (page->state == PAGE_DIRECT) {
+            int fd;
+            uint64_t foff;
+            if (!write && !just_made &&
+                (file->ops->mmapblk(file, blk, &fd, &foff) != 0 ||
+                 fd != page->direct_fd || foff != page->direct_off)) {
+                /* The backend no longer names the same place (its fd was
+                 * unset, or closed and its number reused): forget it. */
+                page__drop(page);
+                continue;
+            }
+            if (write) {
+                /* The first write: drop the view of the backend's file from
+                 * every VMA and load the block into RAM like any other. */
+                page__drop(page);
+                write = 1;
+                continue;
+            }
+            err = page__map_into(page, vma, 0);
+            if (err) {
+                /* The fd cannot be mapped (opened write-only, say): fall
+                 * back to loadblk for this handle from now on. */
+                page__drop(page);
+                fileh->no_direct = 1;
+                continue;
+            }
+            page__touch(page);
+            virt_unlock();
+            return FAULT_HANDLED;
+        }
 
         if (write && page->state == PAGE_LOADED)
             page__mark_dirty(page);

@@ -17,6 +17,12 @@ class BigFile_File(BigFile):
     Holes and the part past the end of the file read as zeros; writeout
     writes the dirty blocks back with ``pwrite`` (the file grows as needed).
 
+    By default clean pages of blocks inside the file are mapped straight from
+    the OS page cache (`BigFile.mmap_fd`, the zero-copy path): reading costs
+    what `numpy.memmap` costs, and such pages show later changes of the file
+    by others, as `numpy.memmap` does.  A write first copies the block into
+    RAM; writeout stores it back.
+
     Parameters
     ----------
     path_or_fd : str, bytes, os.PathLike or int
@@ -28,6 +34,10 @@ class BigFile_File(BigFile):
         raise the OSError of ``pwrite``.
     blksize : int
         Block size in bytes: a positive multiple of the OS page size.
+    zero_copy : bool, optional
+        Map clean pages from the OS page cache (default True).  False copies
+        every block into RAM through `loadblk`, which isolates the handle
+        from changes of the file by others until its pages are reloaded.
 
     Raises
     ------
@@ -40,12 +50,12 @@ class BigFile_File(BigFile):
     """
 
     def __new__(cls, path_or_fd: str | bytes | os.PathLike[str] | os.PathLike[bytes] | int,
-                blksize: int) -> BigFile_File:
+                blksize: int, *, zero_copy: bool = True) -> BigFile_File:
         # BigFile's C state is set up by its __cinit__, which takes blksize only.
         return BigFile.__new__(cls, blksize)
 
     def __init__(self, path_or_fd: str | bytes | os.PathLike[str] | os.PathLike[bytes] | int,
-                 blksize: int) -> None:
+                 blksize: int, *, zero_copy: bool = True) -> None:
         if isinstance(path_or_fd, bool):
             raise TypeError("path_or_fd must be a path or an int file descriptor, got bool")
         if isinstance(path_or_fd, int):
@@ -59,6 +69,8 @@ class BigFile_File(BigFile):
             # Closes the descriptor when this object dies, if close() did not.
             self._close = weakref.finalize(self, os.close, fd)
         self._path = path_or_fd
+        if zero_copy:
+            self.mmap_fd = self._fd
 
     @property
     def fd(self) -> int:
@@ -71,6 +83,7 @@ class BigFile_File(BigFile):
         Loading a block afterwards fails, which is fatal inside a page fault:
         close the file handles first.
         """
+        self.mmap_fd = None     # before the number can be reused
         if self._close is not None:
             self._close()
         self._fd = -1

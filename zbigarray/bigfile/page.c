@@ -76,7 +76,19 @@ int page__map_into(Page *page, VMA *vma, int writable)
         return -ENOMEM;
     /* Populate: the kernel fills all page-table entries now, several times
      * cheaper than one minor fault per OS page as the CPU walks the block. */
-    int err = ram__map_slot_at(page->fileh->ram, addr, page->ram_off, blksize, prot, 1);
+    int err;
+    if (page->state == PAGE_DIRECT) {
+        BUG_ON(writable);
+        void *got = mmap(addr, blksize, PROT_READ, MAP_SHARED | MAP_FIXED | MAP_POPULATE,
+                         page->direct_fd, (off_t)page->direct_off);
+        err = got == MAP_FAILED ? -errno : 0;
+        /* A failed MAP_FIXED may have left the range unmapped: restore the
+         * reservation so the address stays ours. */
+        if (err && virt__reserve_at(addr, blksize) != 0)
+            page_map_failed("re-reserve", -errno);
+    } else {
+        err = ram__map_slot_at(page->fileh->ram, addr, page->ram_off, blksize, prot, 1);
+    }
     if (err) {
         free(m);
         return err;
@@ -127,7 +139,7 @@ void page__mark_clean(Page *page)
 
 void page__touch(Page *page)
 {
-    if (page->state == PAGE_LOADED)
+    if (page->state == PAGE_LOADED || page->state == PAGE_DIRECT)
         list_move(&page->lru, &page->fileh->ram->lru);
 }
 
@@ -143,9 +155,11 @@ static size_t page_evict(Page *page)
         page__unmap_from(list_entry(pos, PageMapping, in_page));
     if (pagemap_get(&fileh->pagemap, page->blk) == page)
         pagemap_del(&fileh->pagemap, page->blk);
-    if (page->state == PAGE_LOADED) {
+    if (page->state == PAGE_LOADED || page->state == PAGE_DIRECT) {
         list_del(&page->lru);
         fileh->ram->nclean--;
+        if (page->state == PAGE_DIRECT)
+            fileh->ram->direct -= fileh->file->blksize;
     } else {
         list_del(&page->dirty);
         fileh->ndirty--;
@@ -159,8 +173,10 @@ void page__drop(Page *page)
 {
     RAM *ram = page->fileh->ram;
     size_t size = page->fileh->file->blksize;
-    int lost = page->window_lost;
+    int lost = page->window_lost, direct = page->state == PAGE_DIRECT;
     size_t off = page_evict(page);
+    if (direct)
+        return;     /* no slot: its memory is the OS page cache's */
     if (lost)
         ram__slot_retire(ram, off, size);
     else
@@ -177,31 +193,81 @@ size_t page__reclaim(RAM *ram, size_t n)
     return done;
 }
 
+/* Reclaim LRU pages until @size more bytes fit in @ram.  With @off (the
+ * caller wants a slot), a victim whose slot fits is handed over whole: *off
+ * is set and 1 returned.  0: room made, no slot taken.  -ENOMEM: every page
+ * is dirty or loading. */
+static int page_make_room(RAM *ram, size_t size, size_t *off)
+{
+    while (!ram__has_room(ram, size)) {
+        if (list_empty(&ram->lru))
+            return -ENOMEM;
+        Page *victim = list_entry(ram->lru.prev, Page, lru);
+        ram->nreclaimed++;
+        if (off && victim->state == PAGE_LOADED && !victim->window_lost &&
+            victim->fileh->file->blksize == size) {
+            *off = page_evict(victim);
+            ram->nrecycled++;
+            return 1;
+        }
+        page__drop(victim);
+    }
+    return 0;
+}
+
+static Page *page_new(BigFileH *fileh, blk_t blk, PageState state)
+{
+    Page *page = calloc(1, sizeof *page);
+    if (!page)
+        return NULL;
+    page->state = state;
+    page->fileh = fileh;
+    page->blk   = blk;
+    page->direct_fd = -1;
+    list_init(&page->lru);
+    list_init(&page->dirty);
+    list_init(&page->mappings);
+    return page;
+}
+
+int page__alloc_direct(BigFileH *fileh, blk_t blk, int fd, uint64_t off, Page **out)
+{
+    RAM *ram = fileh->ram;
+    size_t size = fileh->file->blksize;
+    int err = page_make_room(ram, size, NULL);
+    if (err)
+        return err;
+    Page *page = page_new(fileh, blk, PAGE_DIRECT);
+    if (!page)
+        return -ENOMEM;
+    page->direct_fd = fd;
+    page->direct_off = off;
+    err = pagemap_set(&fileh->pagemap, blk, page);
+    if (err) {
+        free(page);
+        return err;
+    }
+    list_add(&page->lru, &ram->lru);
+    ram->nclean++;
+    ram->direct += size;
+    *out = page;
+    return 0;
+}
+
 int page__alloc(BigFileH *fileh, blk_t blk, Page **out)
 {
     RAM *ram = fileh->ram;
     size_t size = fileh->file->blksize;
     size_t off = 0;
-    int have_slot = 0, err;
+    int err;
 
-    Page *page = calloc(1, sizeof *page);
+    Page *page = page_new(fileh, blk, PAGE_LOADING);
     if (!page)
         return -ENOMEM;
-
-    while (!ram__has_room(ram, size)) {
-        if (list_empty(&ram->lru)) {
-            free(page);
-            return -ENOMEM;    /* everything is dirty or loading */
-        }
-        Page *victim = list_entry(ram->lru.prev, Page, lru);
-        ram->nreclaimed++;
-        if (victim->fileh->file->blksize == size && !victim->window_lost) {
-            off = page_evict(victim);
-            ram->nrecycled++;
-            have_slot = 1;
-            break;
-        }
-        page__drop(victim);
+    int have_slot = page_make_room(ram, size, &off);
+    if (have_slot < 0) {
+        free(page);
+        return have_slot;
     }
     if (!have_slot) {
         err = ram__slot_alloc(ram, size, &off);
@@ -211,14 +277,8 @@ int page__alloc(BigFileH *fileh, blk_t blk, Page **out)
         }
     }
 
-    page->state   = PAGE_LOADING;
-    page->fileh   = fileh;
-    page->blk     = blk;
     page->ram_off = off;
     page->loader  = pthread_self();
-    list_init(&page->lru);
-    list_init(&page->dirty);
-    list_init(&page->mappings);
 
     err = pagemap_set(&fileh->pagemap, blk, page);
     if (err) {
@@ -310,7 +370,7 @@ int ram_set_capacity(RAM *ram, size_t capacity)
         return -EINVAL;
     virt_lock();
     ram->capacity = capacity;
-    while (ram->used > ram->capacity && !list_empty(&ram->lru))
+    while (ram->used + ram->direct > ram->capacity && !list_empty(&ram->lru))
         page__drop(list_entry(ram->lru.prev, Page, lru));
     virt_unlock();
     return 0;

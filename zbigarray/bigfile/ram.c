@@ -180,6 +180,7 @@ void ram_get_stats(RAM *ram, RAMStats *st)
     st->used = ram->used;
     st->npages = ram->npages;
     st->nclean = ram->nclean;
+    st->direct = ram->direct;
     st->memfd_size = ram->memfd_size;
     st->nreclaimed = ram->nreclaimed;
     st->nrecycled = ram->nrecycled;
@@ -314,7 +315,8 @@ void ram__slot_free(RAM *ram, size_t off, size_t size)
 
 int ram__has_room(const RAM *ram, size_t size)
 {
-    return size <= ram->capacity && ram->used <= ram->capacity - size;
+    size_t inuse = ram->used + ram->direct;
+    return size <= ram->capacity && inuse <= ram->capacity - size;
 }
 
 int ram__map_slot(RAM *ram, size_t off, size_t size, int prot, int populate,

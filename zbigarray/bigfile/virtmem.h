@@ -59,6 +59,19 @@ typedef struct BigFileOps {
      * load into it was in flight).  No lock held.  Lets the owner of @file
      * keep it alive exactly as long as the core refers to it. */
     void (*release)(BigFile *file);
+
+    /* Optional: the zero-copy path.  If block @blk is stored as-is at
+     * [*offset, *offset + blksize) of the file open as *fd, say so and return
+     * 0: clean pages of the block are then mapped straight from the OS page
+     * cache (read-only, MAP_SHARED) instead of being copied into RAM by
+     * loadblk; the first write to such a page loads it into RAM (loadblk)
+     * and proceeds as usual.  Return -ENODATA when the block cannot be
+     * mapped so (past the end of the file, say): loadblk is used.
+     * Called with the virtmem lock held, possibly inside the fault handler:
+     * it must not call back into the core, take the GIL or block for long
+     * (an fstat is fine).  As with mmap, such pages show later changes of
+     * the OS file, and shrinking the file under them makes access SIGBUS. */
+    int  (*mmapblk)(BigFile *file, blk_t blk, int *fd, uint64_t *offset);
 } BigFileOps;
 
 /* Embedded by the owner (e.g. a Python object); the core never allocates or
@@ -110,7 +123,10 @@ typedef struct RAMStats {
     size_t capacity;      /* bytes */
     size_t used;          /* bytes of page memory in use (pages holding data) */
     size_t npages;        /* pages in use */
-    size_t nclean;        /* of which clean and reclaimable */
+    size_t nclean;        /* clean and reclaimable pages, incl. direct ones */
+    size_t direct;        /* bytes of pages mapped from a backend's file
+                           * (mmapblk); they count against capacity too, as
+                           * they count in the process's RSS */
     size_t memfd_size;    /* bytes of memfd address range (used + free slots) */
     uint64_t nreclaimed;  /* pages reclaimed under capacity pressure, ever */
     uint64_t nrecycled;   /* reclaimed pages whose memory was reused directly */

@@ -17,6 +17,7 @@ cdef extern from "virtmem.h" nogil:
         int  (*loadblk)(BigFile *file, blk_t blk, void *buf)
         int  (*storeblk)(BigFile *file, blk_t blk, const void *buf)
         void (*release)(BigFile *file)
+        int  (*mmapblk)(BigFile *file, blk_t blk, int *fd, uint64_t *offset)
 
     ctypedef struct BigFile:
         const BigFileOps *ops
@@ -43,6 +44,7 @@ cdef extern from "virtmem.h" nogil:
         size_t   used
         size_t   npages
         size_t   nclean
+        size_t   direct
         size_t   memfd_size
         uint64_t nreclaimed
         uint64_t nrecycled

@@ -70,6 +70,7 @@ struct RAM {
     ListHead     lru;          /* clean pages (Page.lru), most recently used first */
     size_t       nclean;       /* length of lru; kept by page.c */
     size_t       nloading;     /* pages LOADING; kept by page.c */
+    size_t       direct;       /* bytes of DIRECT pages; kept by page.c */
     RAMFreeSlots *free;        /* one entry per slot size ever freed */
     size_t       nfree;
     char        *window;       /* ram_window.c: RW alias of the whole memfd */
@@ -130,6 +131,8 @@ typedef enum PageState {
     PAGE_LOADING = 1,   /* a thread runs loadblk for it; no memory mapped yet */
     PAGE_LOADED,        /* clean copy of the file; on ram->lru */
     PAGE_DIRTY,         /* written since the last writeout; on fileh->dirty */
+    PAGE_DIRECT,        /* clean, mapped from the backend's own file
+                         * (mmapblk): no RAM slot; on ram->lru */
 } PageState;
 /* (EMPTY = no Page in the pagemap.) */
 
@@ -138,6 +141,8 @@ typedef struct Page {
     BigFileH  *fileh;
     blk_t      blk;
     size_t     ram_off;          /* slot in fileh->ram, size fileh->file->blksize */
+    int        direct_fd;        /* DIRECT: where the block is, from mmapblk */
+    uint64_t   direct_off;
     ListHead   lru;              /* in ram->lru while LOADED */
     ListHead   dirty;            /* in fileh->dirty while DIRTY */
     ListHead   mappings;         /* PageMapping.in_page */
@@ -190,6 +195,7 @@ struct BigFileH {
     size_t     nloading;            /* pages LOADING */
     unsigned   writeout_running : 1;
     unsigned   closed : 1;          /* fileh_close ran; freed when nloading == 0 */
+    unsigned   no_direct : 1;       /* mapping mmapblk's fd failed: use loadblk */
     uint64_t   nloadblk, nstoreblk;
 };
 
@@ -204,6 +210,11 @@ int   fileh__maybe_free(BigFileH *fileh);
  * reclaimed page's memory directly when the size matches).  -ENOMEM when
  * every page is dirty or loading. */
 int   page__alloc(BigFileH *fileh, blk_t blk, Page **out);
+
+/* Make (@fileh, @blk) a DIRECT page of block [off, off+blksize) of @fd,
+ * reclaiming clean LRU pages first if @fileh->ram is at capacity.  -ENOMEM
+ * when every page is dirty or loading. */
+int   page__alloc_direct(BigFileH *fileh, blk_t blk, int fd, uint64_t off, Page **out);
 
 /* Map @page into @vma at its place, @writable or read-only; records the
  * PageMapping (or updates it).  -errno of mmap/mprotect or -ENOMEM. */
