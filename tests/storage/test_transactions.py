@@ -176,6 +176,62 @@ def test_savepoint_with_changes_is_a_clear_error(db) -> None:
     assert a[4] == 0.0
 
 
+
+def test_savepoint_after_an_unannounced_write_through_a_kept_view_is_a_clear_error(db) -> None:
+    # After commit() the next transaction begins implicitly, unannounced; the
+    # write goes through a view only, so no ZBigArray access joins it.
+    a = _new(db)
+    a[:] = 1.0
+    v = a[0:10]
+    transaction.commit()
+    v[0] = 42.0
+    with pytest.raises(TypeError, match="savepoint"):
+        transaction.savepoint()
+    transaction.abort()
+    assert a[0] == 1.0
+    assert _committed(db)[0] == 1.0
+
+
+@pytest.mark.parametrize("end", ["commit", "abort"])
+def test_savepoint_before_an_unannounced_write_rolls_it_back(db, end: str) -> None:
+    a = _new(db)
+    a[:] = 1.0
+    v = a[0:10]
+    transaction.commit()
+    if end == "abort":
+        a[1] = 5.0
+        transaction.abort()
+    sp = transaction.savepoint()
+    v[0] = 42.0
+    sp.rollback()
+    assert v[0] == 1.0 and a[0] == 1.0
+    v[2] = 7.0                                  # after the rollback: kept
+    transaction.commit()
+    got = _committed(db)
+    assert got[0] == 1.0 and got[1] == 1.0 and got[2] == 7.0
+
+
+
+def test_savepoint_of_another_managers_implicit_transaction_sees_its_handles(db) -> None:
+    tm = transaction.TransactionManager()
+    conn = db.open(tm)
+    conn.root()["a"] = a = ZBigArray(N, np.float64, blksize=BLKSIZE)
+    conn.add(a)
+    a[:] = 1.0
+    v = a[0:10]
+    tm.commit()
+    sp = tm.get().savepoint()
+    v[0] = 42.0
+    sp.rollback()
+    assert a[0] == 1.0
+    v[0] = 43.0
+    with pytest.raises(TypeError, match="savepoint"):
+        tm.savepoint()
+    tm.abort()
+    conn.close()
+    assert _committed(db)[0] == 1.0
+
+
 def _two(db) -> tuple[ZBigArray, ZBigArray, transaction.TransactionManager]:
     a = _new(db)
     a[:] = 1.0

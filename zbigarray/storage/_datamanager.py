@@ -14,9 +14,11 @@ The protocol, in transaction order (see ``docs/storage.md``):
    before-commit hook: from ``newTransaction`` (ISynchronizer) when the
    manager announces one, and from :meth:`FileHDataManager.join_current` on
    each ZBigArray access for transactions that begin implicitly (which
-   ``TransactionManager.get()`` does not announce).  Joining before the first
-   write (which only the page-fault handler sees) is what lets
-   ``savepoint()`` reach us.
+   ``TransactionManager.get()`` does not announce), and from
+   ``Transaction.savepoint`` (see :func:`_join_at_savepoints`): a write
+   through a NumPy view is seen only by the page-fault handler, so a handle
+   may be dirty, or become dirty after the savepoint, without having joined,
+   and only a joined data manager is asked for its savepoint.
 2. The before-commit hook runs ``dirty_writeout(WRITEOUT_STORE)``: dirty pages
    become block objects.  It must happen before the Connection stores the
    objects it has registered, and before-commit hooks run before any data
@@ -36,9 +38,11 @@ connection (and the arrays read through it) from one thread at a time.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import transaction
+from transaction import Transaction
 from transaction.interfaces import (IDataManager, IDataManagerSavepoint, ISynchronizer,
                                     NoTransaction, TransactionFailedError)
 from zope.interface import implementer
@@ -166,6 +170,15 @@ class FileHDataManager:
             return      # committing or already completed: nothing to take part in
         txn.addBeforeCommitHook(self._store)
         self._txn = txn
+
+    def join_savepoint(self, txn: Any) -> None:
+        """Join `txn`, whose savepoint is being taken.
+
+        Called when we are a synchronizer of `txn`'s manager, just before the
+        savepoint asks the joined data managers for theirs.
+        """
+        if not self._closed():
+            self._join(txn)
 
     def join_current(self) -> None:
         """Join the current transaction of our manager, if there is one.
@@ -308,3 +321,46 @@ class FileHDataManager:
                 "savepoint(): a ZBigFile file handle has uncommitted changes, which "
                 "savepoints cannot roll back; commit or abort before taking a savepoint")
         return _Savepoint(self)
+
+
+def _join_at_savepoints() -> None:
+    """Let file handles join a transaction when its savepoint is taken.
+
+    A transaction that begins implicitly (``TransactionManager.get()`` after a
+    commit or abort) is announced to no synchronizer (``newTransaction`` is
+    called by ``begin()`` only, as ``ITransactionManager.begin`` documents),
+    and ``Transaction.savepoint`` asks only the data managers that joined.  A
+    handle written only through a NumPy view kept from an earlier transaction
+    has not joined (nothing in Python saw the write), so without this the
+    rollback would keep the write; and a handle still clean would not roll
+    back writes made after the savepoint.  Wrapping ``Transaction.savepoint``
+    makes every handle following the transaction's manager (its
+    synchronizers) join first: a dirty one then refuses the savepoint
+    (TypeError), a clean one rolls back what is written after it.  The
+    wrapper is installed once per process, on this module's import, and does
+    nothing for transactions without such handles.
+    """
+    original = Transaction.savepoint
+    if getattr(original, "_zbigarray_joins", False):
+        return
+    if not hasattr(Transaction(), "_synchronizers"):
+        # Without the synchronizers the wrapper could not find the handles
+        # and a savepoint could silently keep writes: refuse to work instead.
+        raise ImportError(
+            "zbigarray.storage: this version of the transaction package keeps a "
+            "transaction's synchronizers elsewhere than Transaction._synchronizers; "
+            "savepoints of transactions with ZBigArray changes could not be made safe")
+
+    @functools.wraps(original)
+    def savepoint(self: Transaction, optimistic: bool = False) -> Any:
+        def join(synch: Any) -> None:
+            if isinstance(synch, FileHDataManager):
+                synch.join_savepoint(self)
+        self._synchronizers.map(join)
+        return original(self, optimistic)
+
+    savepoint._zbigarray_joins = True   # type: ignore[attr-defined]
+    Transaction.savepoint = savepoint   # type: ignore[method-assign]
+
+
+_join_at_savepoints()
