@@ -99,10 +99,14 @@ def basic_indices(draw: st.DrawFn, shape: tuple[int, ...]) -> Any:
 @st.composite
 def advanced_indices(draw: st.DrawFn, shape: tuple[int, ...]) -> Any:
     """Index expressions with at least one integer array or boolean mask,
-    mixed with ints and slices (``shape`` has at least one dimension).
+    mixed with ints, slices and 0-d booleans (``shape`` has at least one
+    dimension).
 
     Integer arrays share one broadcastable shape; masks are 1-d along their
-    axis or cover the whole array.
+    axis or cover the whole array.  Empty selections are drawn on purpose,
+    as NumPy checks less there: masks of length 0 (which fit any axis),
+    integer arrays with out-of-range entries (checked only when the advanced
+    indices select something) and a 0-d ``False``.
     """
     if draw(st.booleans()) and len(shape) > 1:
         return draw(hnp.arrays(np.bool_, shape))
@@ -118,19 +122,25 @@ def advanced_indices(draw: st.DrawFn, shape: tuple[int, ...]) -> Any:
         kinds = [k if k != "mask" or i == first else "slice" for i, k in enumerate(kinds)]
     for kind, n in zip(kinds, shape):
         if kind == "intarr" and n > 0:
-            elems.append(draw(hnp.arrays(np.intp, arrshape, elements=_ints(n))))
+            # Now and then out of range: an IndexError, unless nothing is selected.
+            high = n - 1 + draw(st.sampled_from([0, 0, 0, 2]))
+            elems.append(draw(hnp.arrays(np.intp, arrshape, elements=st.integers(-n, high))))
         elif kind == "mask":
-            mask = draw(hnp.arrays(np.bool_, (n,)))
+            length = draw(st.sampled_from([n, n, n, 0]))
+            mask = draw(hnp.arrays(np.bool_, (length,)))
             # A mask broadcasts against the integer arrays as a 1-d index
             # array of its True count; keep the two compatible.
             if "intarr" in kinds and mask.sum() not in (1, arrshape[-1]):
                 mask[:] = False
-                mask[: min(n, 1)] = True
+                mask[: min(length, 1)] = True
             elems.append(mask)
         elif kind == "int" and n > 0:
             elems.append(draw(_ints(n)))
         else:
             elems.append(draw(_slices(n)))
+    if draw(st.integers(0, 3)) == 0:
+        # A 0-d boolean: an advanced index of length 1 (True) or 0 (False).
+        elems.insert(draw(st.integers(0, len(elems))), draw(st.booleans()))
     if draw(st.booleans()):
         elems.insert(draw(st.integers(0, len(elems))), Ellipsis)
     return tuple(elems)

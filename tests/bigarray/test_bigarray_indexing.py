@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import math
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -47,7 +49,13 @@ def test_slice_maps_only_the_blocks_of_its_major_range(order):
     assert set(f.loaded) == {1, 2, 3}
 
 
-@pytest.mark.parametrize("idx", [np.s_[5:5], np.s_[7:2], np.s_[2:2, ::-1], np.s_[[]], np.s_[np.zeros(10, bool)]])
+@pytest.mark.parametrize(
+    "idx",
+    [
+        np.s_[5:5], np.s_[7:2], np.s_[2:2, ::-1], np.s_[[]], np.s_[np.zeros(10, bool)],
+        np.s_[np.zeros(0, bool)], np.s_[[12], []], np.s_[[3], False], np.s_[np.arange(10) == 4, []],
+    ],
+)
 def test_empty_result_maps_nothing(idx):
     A = file_array((10, 4), "f8")
     nvma = A._fileh.stats()["nvma"]
@@ -205,3 +213,103 @@ def test_closed_file_handle_is_value_error():
         A[5]
     with pytest.raises(ValueError, match="closed"):
         A[0] = 1
+
+
+def _z(shape: int | tuple[int, ...], dtype: type = bool) -> np.ndarray:
+    return np.zeros(shape, dtype)
+
+
+# Empty arrays, empty selections and empty index arrays, with what NumPy does:
+# - a boolean mask is checked against each axis it covers, except where the
+#   mask itself has length 0 (then it matches any axis);
+# - integer arrays are not bounds-checked when the advanced indices together
+#   select nothing (they broadcast to an empty shape); plain ints and 0-d
+#   integer arrays always are;
+# - a 0-d boolean is an advanced index of length 1 (True) or 0 (False).
+_EMPTY_CASES = [
+    ((0, 1), np.s_[..., _z(0)]),  # found by hypothesis (F order: mask on the major axis)
+    ((2, 1), np.s_[..., _z(0)]),
+    ((2, 3), np.s_[:, _z(0)]),
+    ((2, 3), np.s_[_z(0)]),
+    ((2, 3), np.s_[_z(0), 1]),
+    ((3,), np.s_[_z(0)]),
+    ((0,), np.s_[_z(0)]),
+    ((0,), np.s_[np.array([True])]),
+    ((0,), np.s_[np.array([False])]),
+    ((1,), np.s_[_z(2)]),
+    ((0, 3), np.s_[:, np.array([True])]),
+    ((3, 4), np.s_[np.array([True, False, False, True]), []]),
+    ((3, 4), np.s_[_z(0), [1]]),
+    ((3, 4), np.s_[_z(0), [1, 2]]),
+    ((3, 4), np.s_[_z(3), [1, 2]]),
+    ((4, 3), np.s_[[1, 2], _z(3)]),
+    ((3, 4), np.s_[np.ones(3, bool), []]),
+    ((3, 4), np.s_[[5], []]),
+    ((3, 4), np.s_[[], [5]]),
+    ((3, 4), np.s_[[-9], np.array([], np.intp), ...]),
+    ((3, 4), np.s_[[[5]], _z((0, 1), np.intp)]),
+    ((3, 4), np.s_[_z((0, 1), np.intp), [7]]),
+    ((3, 4), np.s_[_z(3), [9]]),
+    ((3, 4), np.s_[[9], _z(4)]),
+    ((3, 4), np.s_[[5], False]),
+    ((3, 4), np.s_[False, [5]]),
+    ((3, 4), np.s_[np.array([5]), np.array(False)]),
+    ((3, 4), np.s_[[5], True]),
+    ((3, 4), np.s_[5, []]),
+    ((3, 4), np.s_[[], 5]),
+    ((3, 4), np.s_[np.array(5), []]),
+    ((3, 4), np.s_[[], np.array(-5)]),
+    ((3, 4), np.s_[np.array(1), [0, 1]]),
+    ((3, 4), np.s_[[0, 1], np.array(-1)]),
+    ((3, 4), np.s_[7, False]),
+    ((3, 0), np.s_[[5], :]),
+    ((0, 3), np.s_[:, [5]]),
+    ((0, 3), np.s_[[0], :]),
+    ((0, 3), np.s_[[], :]),
+    ((0, 3), np.s_[:, []]),
+    ((3, 4, 5), np.s_[[5], :, []]),
+    ((3, 4, 5), np.s_[[], :, [9]]),
+    ((3, 4, 5), np.s_[7, :, []]),
+    ((3, 4, 5), np.s_[_z((3, 4)), [9]]),
+    ((3, 4), np.s_[False]),
+    ((0, 4), np.s_[True]),
+    ((0, 4), np.s_[np.array(False)]),
+    ((1, 2), _z((0, 2))),
+    ((1, 2), _z((1, 0))),
+    ((1, 2), _z((0, 5))),
+    ((0, 2), _z((0, 0))),
+    ((3,), np.s_[[[]]]),
+    ((0,), np.s_[[]]),
+    ((0, 0), np.s_[[], []]),
+    ((0, 0), np.s_[_z(0), _z(0)]),
+]
+
+
+def _outcome(fn: Callable[[], Any]) -> tuple[str, Any]:
+    try:
+        return "ok", fn()
+    except (IndexError, ValueError, TypeError) as exc:
+        return type(exc).__name__, exc
+
+
+@pytest.mark.parametrize("order", "CF")
+@pytest.mark.parametrize(
+    ("shape", "idx"), _EMPTY_CASES, ids=[f"case{i}" for i in range(len(_EMPTY_CASES))]
+)
+def test_empty_arrays_and_selections_index_as_numpy(make_array, shape, idx, order):
+    a = np.arange(math.prod(shape), dtype="i4").reshape(shape, order=order)
+    A = make_array(shape, "i4", order)
+    A[...] = a
+    kind, want = _outcome(lambda: a[idx])
+    got_kind, got = _outcome(lambda: A[idx])
+    assert got_kind == kind, (got, want)
+    if kind != "ok":
+        with pytest.raises(type(want)):
+            A[idx] = 1
+        return
+    assert type(got) is type(want)
+    assert (got.shape, got.dtype) == (want.shape, want.dtype)
+    np.testing.assert_array_equal(got, want)
+    a[idx] = -1
+    A[idx] = -1
+    np.testing.assert_array_equal(A[...], a)

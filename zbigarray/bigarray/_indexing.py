@@ -11,9 +11,22 @@ The rewritten element keeps the *kind* of the original (int stays int, slice
 stays slice, integer array stays integer array, boolean mask stays boolean
 mask), because NumPy's result layout for mixed basic/advanced indexing depends
 only on the kinds and positions of the index elements, never on their values.
+(An advanced element that selects nothing becomes an empty integer array: to
+NumPy a 1-d mask is the integer array of its True positions.)
 Whatever this module does not recognise (field names, floats, malformed
 indices) is reported as "whole range, index unchanged", so that NumPy itself
 decides — and raises its own error — on a view of the whole array.
+
+Empty selections follow NumPy's rules exactly, as the view has fewer rows than
+the array and NumPy can no longer check the original index against it:
+
+- a boolean mask must match the length of each axis it covers, except where
+  the mask itself has length 0 (an empty mask fits any axis);
+- integer arrays are bounds-checked only when the advanced indices together
+  select something: when they broadcast to an empty shape NumPy checks no
+  entry of them (plain ints and 0-d integer arrays, which NumPy reads as
+  ints, are always checked);
+- a 0-d boolean is an advanced index of length 1 (True) or 0 (False).
 """
 
 from __future__ import annotations
@@ -62,7 +75,10 @@ def _classify(elem: Any) -> tuple[str, Any, int] | None:
     # bool is an int subclass, but NumPy treats scalar booleans as 0-d masks.
     if isinstance(elem, (bool, np.bool_)):
         return _SCALAR_BOOL, elem, 0
-    if not isinstance(elem, (np.ndarray, list, tuple)):
+    if not isinstance(elem, (np.ndarray, list, tuple)) or (
+        isinstance(elem, np.ndarray) and elem.ndim == 0 and elem.dtype != np.bool_
+    ):
+        # NumPy reads a 0-d integer array as an int, not as an advanced index.
         try:
             return _INT, operator.index(elem), 1
         except TypeError:
@@ -81,6 +97,27 @@ def _classify(elem: Any) -> tuple[str, Any, int] | None:
 
 def _whole(n: int, index: Any) -> MajorRange:
     return MajorRange(0, n, index)
+
+
+def _advanced_shape(classified: list[tuple[str, Any, int]]) -> tuple[int, ...] | None:
+    """The shape the advanced indices broadcast to, or None when there are
+    none or they do not broadcast (NumPy then raises its own error on the
+    view)."""
+    shapes: list[tuple[int, ...]] = []
+    for kind, elem, _ in classified:
+        if kind == _INT_ARRAY:
+            shapes.append(elem.shape)
+        elif kind == _BOOL_ARRAY:
+            # A mask stands for the integer arrays of its nonzero() entries.
+            shapes.append((int(np.count_nonzero(elem)),))
+        elif kind == _SCALAR_BOOL:
+            shapes.append((1 if elem else 0,))
+    if not shapes:
+        return None
+    try:
+        return np.broadcast_shapes(*shapes)
+    except ValueError:
+        return None
 
 
 def major_range(index: Any, shape: tuple[int, ...], axis: int) -> MajorRange:
@@ -104,8 +141,10 @@ def major_range(index: Any, shape: tuple[int, ...], axis: int) -> MajorRange:
     Raises
     ------
     IndexError
-        An integer (or integer array entry) out of bounds on the major axis,
-        or a boolean mask whose length does not match it, with NumPy's wording.
+        An integer out of bounds on the major axis, or an integer array
+        entry out of bounds there while the advanced indices select
+        something, or a boolean mask along it whose length is neither 0 nor
+        the axis length; with NumPy's wording.
     """
     elems = index if isinstance(index, tuple) else (index,)
     n = shape[axis]
@@ -136,14 +175,27 @@ def major_range(index: Any, shape: tuple[int, ...], axis: int) -> MajorRange:
     if kind == _BOOL_ARRAY and ndims != 1:
         return _whole(n, index)
 
-    lo, hi, rel = _restrict(kind, elem, n, axis)
+    empty = None
+    if kind in (_INT_ARRAY, _BOOL_ARRAY):
+        advanced = _advanced_shape(classified)
+        if advanced is not None and 0 in advanced:
+            empty = advanced
+    lo, hi, rel = _restrict(kind, elem, n, axis, empty)
     rewritten = elems[:pos] + (rel,) + elems[pos + 1:]
     return MajorRange(lo, hi, rewritten)
 
 
-def _restrict(kind: str, elem: Any, n: int, axis: int) -> tuple[int, int, Any]:
+def _restrict(
+    kind: str, elem: Any, n: int, axis: int, empty: tuple[int, ...] | None
+) -> tuple[int, int, Any]:
     """Rows ``[lo, hi)`` that one major-axis element selects, and the element
-    rewritten relative to ``lo``."""
+    rewritten relative to ``lo``.
+
+    ``empty`` is the shape the advanced indices broadcast to when it has no
+    elements (None otherwise): an advanced major-axis element then selects no
+    row, and becomes an integer array of that shape, which has no entries and
+    broadcasts with the other advanced indices exactly as the original did.
+    """
     if kind == _INT:
         k = elem + n if elem < 0 else elem
         if not 0 <= k < n:
@@ -160,8 +212,12 @@ def _restrict(kind: str, elem: Any, n: int, axis: int) -> tuple[int, int, Any]:
         # Descending: the first row selected is the highest one.
         return last, start + 1, slice(start - last, None, step)
     if kind == _INT_ARRAY:
+        if empty is not None:
+            return 0, 0, np.zeros(empty, np.intp)
         arr = elem
         if arr.size == 0:
+            # Only when the advanced indices do not broadcast: NumPy raises
+            # that on the view.
             return 0, 0, arr
         bad = (arr < -n) | (arr >= n)
         if bad.any():
@@ -173,13 +229,17 @@ def _restrict(kind: str, elem: Any, n: int, axis: int) -> tuple[int, int, Any]:
         return lo, int(arr.max()) + 1, arr - lo
     # 1-d boolean mask along the major axis.
     mask = elem
-    if mask.shape[0] != n:
+    if mask.shape[0] not in (0, n):
         raise IndexError(
             f"boolean index did not match indexed array along axis {axis}; size of axis "
             f"is {n} but size of corresponding boolean axis is {mask.shape[0]}"
         )
+    if empty is not None:
+        return 0, 0, np.zeros(empty, np.intp)
     rows = np.flatnonzero(mask)
     if rows.size == 0:
+        # Only when the advanced indices do not broadcast: NumPy raises that
+        # on the view.
         return 0, 0, mask[:0]
     lo, hi = int(rows[0]), int(rows[-1]) + 1
     return lo, hi, mask[lo:hi]
