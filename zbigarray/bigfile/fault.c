@@ -95,28 +95,17 @@ static int fault_serve(uintptr_t addr, int write)
         size_t    blksize = file->blksize;
         blk_t     blk = vma->pgoffset + (addr - vma->addr_start) / blksize;
         Page     *page = pagemap_get(&fileh->pagemap, blk);
-        int       err, just_made = 0;
-
-        if (!page && write != 1 && !fileh->no_direct && file->ops->mmapblk) {
-            /* Zero-copy: a clean page can show the backend's file itself. */
-            int fd;
-            uint64_t foff;
-            if (file->ops->mmapblk(file, blk, &fd, &foff) == 0) {
-                err = page__alloc_direct(fileh, blk, fd, foff, &page);
-                just_made = !err;
-                if (err == -ENOMEM && fileh->ram->nloading > fault_nloading_mine) {
-                    virt__wait_loads();
-                    continue;
-                }
-                if (err) {
-                    virt_unlock();
-                    fault_fail_nomem(fileh, file, blk, err);
-                }
-            }
-        }
+        int       err, just_made = 0;   /* page allocated by this iteration */
 
         if (!page) {
-            err = page__alloc(fileh, blk, &page);
+            /* Zero-copy when the backend can name the block's place in an OS
+             * file: a clean page then shows that file itself. */
+            int fd = -1;
+            uint64_t foff = 0;
+            int direct = write != 1 && !fileh->no_direct && file->ops->mmapblk &&
+                         file->ops->mmapblk(file, blk, &fd, &foff) == 0;
+            err = direct ? page__alloc_direct(fileh, blk, fd, foff, &page)
+                         : page__alloc(fileh, blk, &page);
             if (err == -ENOMEM && fileh->ram->nloading > fault_nloading_mine) {
                 /* Pages being loaded by other threads will be clean and
                  * reclaimable soon (waiting for our own would deadlock). */
@@ -127,7 +116,10 @@ static int fault_serve(uintptr_t addr, int write)
                 virt_unlock();
                 fault_fail_nomem(fileh, file, blk, err);
             }
+            just_made = 1;
+        }
 
+        if (page->state == PAGE_LOADING && just_made) {
             /* Load unlocked, into a writable alias of the slot that no VMA
              * shows: nobody can see the page half-filled. */
             void *buf = NULL;
