@@ -123,10 +123,12 @@ static int fault_serve(uintptr_t addr, int write)
             /* Load unlocked, into a writable alias of the slot that no VMA
              * shows: nobody can see the page half-filled. */
             void *buf = NULL;
-            int own = 0, r = 0;
+            int own = 0, r = 0, fresh = page->fresh;
             err = page__buf_get(page, 1, &buf, &own);
             virt_unlock();
             if (!err) {
+                if (fresh && !own)
+                    virt__populate_fresh(buf, blksize);
                 fault_nloading_mine++;
                 r = file->ops->loadblk(file, blk, buf);
                 fault_nloading_mine--;

@@ -278,6 +278,7 @@ int page__alloc(BigFileH *fileh, blk_t blk, Page **out)
     }
 
     page->ram_off = off;
+    page->fresh   = !have_slot;
     page->loader  = pthread_self();
 
     err = pagemap_set(&fileh->pagemap, blk, page);
@@ -352,6 +353,23 @@ void page__buf_put(Page *page, void *buf, int own, int r)
          * and the OOM killer read as our memory use. */
         (void)madvise(buf, size, MADV_DONTNEED);
     }
+}
+
+void virt__populate_fresh(void *buf, size_t size)
+{
+    /* Fresh memory must be allocated and zeroed by the kernel whatever
+     * loadblk does, and populating does it in one call instead of one fault
+     * per OS page.  Recycled memory is not populated: re-creating its page
+     * table entries costs as much as the faults a loader that writes it all
+     * would take, and more for one that does not.  Only an optimisation, so
+     * a kernel without MADV_POPULATE_WRITE (< 5.14) is fine. */
+#ifdef MADV_POPULATE_WRITE
+    if (size > virt_os_pagesize())
+        (void)madvise(buf, size, MADV_POPULATE_WRITE);
+#else
+    (void)buf;
+    (void)size;
+#endif
 }
 
 /* ------------------------------------------------- RAM, page-aware parts */

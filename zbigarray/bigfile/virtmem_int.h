@@ -150,6 +150,7 @@ typedef struct Page {
     unsigned   invalidated : 1;  /* dropped while LOADING: loader throws its result away */
     unsigned   storing : 1;      /* storeblk is running for it */
     unsigned   window_lost : 1;  /* its window alias was kept by a callee */
+    unsigned   fresh : 1;        /* LOADING into a slot with no memory yet */
 } Page;
 
 /* Page @page is mapped into @vma (at vma->addr_start + (blk - pgoffset) *
@@ -251,6 +252,11 @@ void  page__abandon_load(Page *page);
  * the addresses from now on.  -errno of mmap. */
 int   page__buf_get(Page *page, int writable, void **buf, int *own);
 void  page__buf_put(Page *page, void *buf, int own, int r);
+
+/* Allocate the memory behind a fresh slot's window alias [buf, buf+size) in
+ * one call (MADV_POPULATE_WRITE) rather than one kernel fault per OS page as
+ * loadblk writes it.  Unlocked. */
+void  virt__populate_fresh(void *buf, size_t size);
 
 
 /* Reclaim up to @n clean LRU pages of @ram, punching their memory. */
