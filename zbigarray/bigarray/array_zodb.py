@@ -7,12 +7,10 @@ from typing import Any
 from persistent import Persistent
 from ZODB.POSException import ConnectionStateError
 
-from zbigarray.bigarray._bigarray import BigArray
+from zbigarray.bigarray._bigarray import BigArray, ShapeLike
 from zbigarray.bigfile import BigFileH
 from zbigarray.storage._datamanager import default_fileh
 from zbigarray.storage.file_zodb import ZBigFile
-
-ShapeLike = Any
 
 
 class ZBigArray(BigArray, Persistent):
