@@ -1,11 +1,16 @@
-"""Fixtures of the ZODB storage tests: databases, and a real ZEO server."""
+"""Fixtures of the ZODB storage tests: databases, a real ZEO server and a
+real PostgreSQL server for RelStorage."""
 
 from __future__ import annotations
 
+import glob
 import os
+import pwd
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,11 +18,19 @@ from pathlib import Path
 import pytest
 import transaction
 import ZODB
+import zodburi
 
 from zbigarray.storage import open_db
 
 BLKSIZE = 16 * 1024
 """Small blocks: several per test array, four ZBlk1 chunks each."""
+
+PG_USER = "zbigarray"
+"""The PostgreSQL role the tests connect as (trusted on loopback)."""
+
+PG_DATABASES = {True: "zbigarray_history", False: "zbigarray_history_free"}
+"""One database per RelStorage schema kind (``keep_history``): a database
+created in one kind cannot be opened in the other."""
 
 
 @pytest.fixture
@@ -88,3 +101,94 @@ def _run_zeo(tmp_path: Path) -> Iterator[str]:
             proc.kill()
             proc.wait()
         proc.stderr.close()
+
+
+def _pg_program(name: str) -> str | None:
+    """Path of PostgreSQL program `name`: on PATH, or in Debian's versioned
+    directory (not on PATH there)."""
+    found = shutil.which(name)
+    if found is None:
+        found = next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
+                                 reverse=True)), None)
+    return found
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """Start a throwaway PostgreSQL server on a free port of 127.0.0.1; yield
+    its ``host:port``.
+
+    Skips when RelStorage, psycopg2 or PostgreSQL's programs are missing.  The
+    cluster lives in a fresh temporary directory, trusts `PG_USER` on loopback,
+    runs without fsync (the data is thrown away) and holds the databases of
+    `PG_DATABASES`.  PostgreSQL refuses to run as root: then the cluster
+    belongs to, and the server runs as, the unprivileged user ``nobody``.
+    Stopped (``pg_ctl stop -m fast``) and removed at the end of the session.
+    """
+    pytest.importorskip("relstorage", reason="RelStorage is not installed")
+    psycopg2 = pytest.importorskip("psycopg2", reason="psycopg2 is not installed")
+    initdb, pg_ctl = _pg_program("initdb"), _pg_program("pg_ctl")
+    if initdb is None or pg_ctl is None:
+        pytest.skip("PostgreSQL's initdb/pg_ctl are not installed")
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        runuser = shutil.which("runuser")
+        try:
+            nobody = pwd.getpwnam("nobody")
+        except KeyError:
+            nobody = None
+        if runuser is None or nobody is None:
+            pytest.skip("running as root, and no runuser/user 'nobody' to run "
+                        "PostgreSQL as")
+        as_user = [runuser, "-u", "nobody", "--"]
+    # Not under pytest's tmp_path: its directories are private to root.
+    top = tempfile.mkdtemp(prefix="zbigarray-pg-")
+    if as_user:
+        os.chown(top, nobody.pw_uid, nobody.pw_gid)
+    data, log = os.path.join(top, "data"), os.path.join(top, "log")
+    port = _free_port()
+
+    def pg(*args: str) -> None:
+        r = subprocess.run([*as_user, *args], cwd=top, capture_output=True, text=True,
+                           env={**os.environ, "LC_ALL": "C"})
+        if r.returncode != 0:
+            server_log = ""
+            if os.path.exists(log):
+                with open(log, errors="replace") as f:
+                    server_log = f.read()
+            raise RuntimeError(f"{os.path.basename(args[0])} failed ({r.returncode}):\n"
+                               f"{r.stdout}{r.stderr}{server_log}")
+
+    try:
+        pg(initdb, "-D", data, "-A", "trust", "-U", PG_USER, "-E", "UTF8",
+           "--locale=C", "--no-sync")
+        pg(pg_ctl, "-D", data, "-l", log, "-w", "-t", "30", "start", "-o",
+           f"-h 127.0.0.1 -p {port} -k {top} -c fsync=off "
+           "-c synchronous_commit=off -c full_page_writes=off")
+        try:
+            conn = psycopg2.connect(host="127.0.0.1", port=port, user=PG_USER,
+                                    dbname="postgres")
+            conn.autocommit = True      # CREATE DATABASE runs outside transactions
+            with conn.cursor() as cur:
+                for name in PG_DATABASES.values():
+                    cur.execute(f"CREATE DATABASE {name}")
+            conn.close()
+            yield f"127.0.0.1:{port}"
+        finally:
+            pg(pg_ctl, "-D", data, "-m", "fast", "-w", "stop")
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def empty_relstorage(server: str, keep_history: bool = True) -> str:
+    """Empty the RelStorage database of `server` for `keep_history`; return
+    its ``postgres://`` URI (append ``&key=value`` options to it)."""
+    uri = (f"postgres://{PG_USER}@{server}/{PG_DATABASES[keep_history]}"
+           f"?keep_history={int(keep_history)}")
+    factory, _ = zodburi.resolve_uri(uri)
+    storage = factory()         # creates RelStorage's tables on first use
+    try:
+        storage.zap_all()
+    finally:
+        storage.close()
+    return uri

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import transaction
 
-from tests.storage.conftest import BLKSIZE
+from tests.storage.conftest import BLKSIZE, empty_relstorage
 from zbigarray.bigarray.array_zodb import ZBigArray
 from zbigarray.bigfile import RAM
 from zbigarray.storage import open_db
@@ -17,23 +17,34 @@ PER_BLK = BLKSIZE // 8          # float64 per block
 NBLK = 8
 
 
-@pytest.fixture(params=["fs-cache", "fs-tinycache", "zeo-tinycache"])
+@pytest.fixture(params=["fs-cache", "fs-tinycache", "zeo-tinycache",
+                        pytest.param("pg-cache", marks=pytest.mark.relstorage),
+                        pytest.param("pg-tinycache", marks=pytest.mark.relstorage)])
 def two(request: pytest.FixtureRequest, tmp_path, zblk_fmt: str):
     """(writer array, reader array, reader's manager).
 
     ``fs``: two connections of one FileStorage DB.  ``zeo``: two ZEO clients
     (two DBs) of a real server, so that invalidations travel through it.
+    ``pg``: two RelStorage clients (two DBs) of a real PostgreSQL server;
+    each connection polls the database for changes at its boundaries.
     ``tinycache``: a ZODB cache of 1 object, block objects are evicted
-    between transactions.
+    between transactions (and, on RelStorage, no storage cache of
+    pickles either: every object load is a query).
     """
     where, cache = request.param.split("-")
     kw = {"cache_size": 1} if cache == "tinycache" else {}
     if where == "fs":
         db = db2 = open_db(str(tmp_path / "inv.fs"), **kw)
-    else:
+    elif where == "zeo":
         addr = request.getfixturevalue("zeo_server_shared")
         db = open_db(f"zeo://{addr}", **kw)
         db2 = open_db(f"zeo://{addr}", **kw)
+    else:
+        uri = empty_relstorage(request.getfixturevalue("postgres_server"))
+        if cache == "tinycache":
+            uri += "&cache_local_mb=0"
+        db = open_db(uri, **kw)
+        db2 = open_db(uri, **kw)
     key = request.node.name
     root = db.open().root()
     root[key] = a = ZBigArray(NBLK * PER_BLK, np.float64, blksize=BLKSIZE)
@@ -45,7 +56,8 @@ def two(request: pytest.FixtureRequest, tmp_path, zblk_fmt: str):
     def begin() -> None:
         """The reader's next transaction boundary, once the writer's last
         commit has reached it (a ZEO client hears of commits
-        asynchronously; its sync() does not ask the server)."""
+        asynchronously; its sync() does not ask the server; RelStorage
+        asks the database, no wait)."""
         tid = db.lastTransaction()
         deadline = time.monotonic() + 10
         while db2.lastTransaction() < tid:
