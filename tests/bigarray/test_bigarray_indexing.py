@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import gc
 import math
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import pytest

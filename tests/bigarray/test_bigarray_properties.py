@@ -6,7 +6,8 @@ on each backend, applies the same index or update to both, and compares.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 from hypothesis import given, settings

@@ -45,7 +45,7 @@ def test_bigfile_subclass_with_its_own_constructor() -> None:
     """A subclass taking other arguments creates itself via BigFile.__new__."""
 
     class Named(BigFile):
-        def __new__(cls, name: str, npages: int) -> "Named":
+        def __new__(cls, name: str, npages: int) -> Named:
             return BigFile.__new__(cls, npages * PAGESIZE)
 
         def __init__(self, name: str, npages: int) -> None:
