@@ -5,6 +5,8 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <sys/mman.h>
 
 #include "fixture.h"
 
@@ -181,4 +183,62 @@ TEST(one_ram_shared_by_two_block_sizes)
     ram_decref(ram);
     testfile_fini(&ts);
     testfile_fini(&tb);
+}
+
+/* Number of memory mappings (kernel VMAs) of this process. */
+static long count_maps(void)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    long n = 0;
+    int c;
+
+    CHECK(f != NULL);
+    while ((c = fgetc(f)) != EOF)
+        n += c == '\n';
+    fclose(f);
+    return n;
+}
+
+/* In a child: use up all but a few of the process's map entries
+ * (vm.max_map_count), then read pages mapped apart from each other, each
+ * needing entries of its own.  The fault path must make room by unmapping
+ * clean pages (letting the kernel merge their ranges back), not fail. */
+static void map_count_exhausted(void *arg)
+{
+    enum { N = 64, SPARE = 12 };
+    Fixture f;
+    VMA *vma;
+    unsigned char *p;
+    long max = 0, fill;
+    FILE *mc = fopen("/proc/sys/vm/max_map_count", "r");
+
+    (void)arg;
+    CHECK(mc != NULL);
+    CHECK(fscanf(mc, "%ld", &max) == 1);
+    fclose(mc);
+
+    fixture_open(&f, PS, 2 * N, 2 * N * PS);
+    p = fixture_mmap(&f, 0, 2 * N, &vma);
+    testfile_check_block(&f.tf, p, 0);   /* handler, window: entries taken now */
+
+    /* One region, every other page made readable: one entry per page. */
+    fill = max - count_maps() - SPARE;
+    CHECK(fill > 0);
+    unsigned char *filler = mmap(NULL, (size_t)fill * PS, PROT_NONE,
+                                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    CHECK(filler != MAP_FAILED);
+    for (long i = 1; i < fill; i += 2)
+        CHECK_OK(mprotect(filler + i * PS, PS, PROT_READ) == 0 ? 0 : -errno);
+    CHECK(count_maps() >= max - SPARE - 2);
+
+    for (int pass = 0; pass < 2; pass++)
+        for (blk_t blk = 0; blk < 2 * N; blk += 2)   /* never adjacent */
+            testfile_check_block(&f.tf, p + blk * PS, blk);
+    CHECK(fixture_ram_stats(&f).npages < N);    /* some were unmapped to make room */
+    fixture_close(&f);
+}
+
+TEST(fault_makes_room_when_map_entries_run_out)
+{
+    CHECK_EXITED(test_run_forked(map_count_exhausted, NULL), 0);
 }

@@ -78,6 +78,22 @@ static void fault_fail_nomem(BigFileH *fileh, BigFile *file, blk_t blk, int err)
     fault_fail(file, blk, err, what);
 }
 
+/* page__map_into, making room when the kernel refuses a mapping for lack of
+ * map entries (vm.max_map_count: each page mapped apart from its neighbours
+ * is one): clean pages of the same RAM are unmapped, which lets the kernel
+ * merge their ranges back, and the mapping is tried again.  @page must be at
+ * the LRU head (page__touch), so that it is not reclaimed itself. */
+static int fault_map(Page *page, VMA *vma, int writable)
+{
+    int err = page__map_into(page, vma, writable);
+    for (int tries = 0; err == -ENOMEM && tries < 8; tries++) {
+        if (page__reclaim_except(page->fileh->ram, 256, page) == 0)
+            break;
+        err = page__map_into(page, vma, writable);
+    }
+    return err;
+}
+
 /* Serve a fault at @addr.  @write: 1 write, 0 read, -1 unknown (then the
  * first fault maps read-only and a second one on the same page is the
  * write).  Runs unlocked; takes the lock itself. */
@@ -125,6 +141,13 @@ static int fault_serve(uintptr_t addr, int write)
             void *buf = NULL;
             int own = 0, r = 0, fresh = page->fresh;
             err = page__buf_get(page, 1, &buf, &own);
+            for (int tries = 0; err == -ENOMEM && tries < 8; tries++) {
+                /* Out of map entries (see fault_map); a LOADING page is
+                 * not on the LRU, so it is not reclaimed itself. */
+                if (page__reclaim_except(fileh->ram, 256, NULL) == 0)
+                    break;
+                err = page__buf_get(page, 1, &buf, &own);
+            }
             virt_unlock();
             if (!err) {
                 if (fresh && !own)
@@ -209,7 +232,8 @@ static int fault_serve(uintptr_t addr, int write)
                 write = 1;
                 continue;
             }
-            err = page__map_into(page, vma, 0);
+            page__touch(page);
+            err = fault_map(page, vma, 0);
             if (err) {
                 /* The fd cannot be mapped (opened write-only, say): fall
                  * back to loadblk for this handle from now on. */
@@ -217,19 +241,19 @@ static int fault_serve(uintptr_t addr, int write)
                 fileh->no_direct = 1;
                 continue;
             }
-            page__touch(page);
             virt_unlock();
             return FAULT_HANDLED;
         }
 
         if (write && page->state == PAGE_LOADED)
             page__mark_dirty(page);
-        err = page__map_into(page, vma, write);
+        page__touch(page);
+        err = fault_map(page, vma, write);
         if (err) {
             virt_unlock();
-            fault_fail(file, blk, err, "cannot map the page (mmap failed)");
+            fault_fail(file, blk, err, "cannot map the page (mmap failed; "
+                       "too many mappings? see /proc/sys/vm/max_map_count)");
         }
-        page__touch(page);
         virt_unlock();
         return FAULT_HANDLED;
     }

@@ -33,10 +33,34 @@ static uintptr_t page_addr_in(const Page *page, const VMA *vma)
     return vma->addr_start + (uintptr_t)(page->blk - vma->pgoffset) * page->fileh->file->blksize;
 }
 
+/* Put the reservation back over [addr, addr+len) when mapping it in place
+ * failed for lack of map entries (vm.max_map_count): replacing a mapping in
+ * place needs a spare entry, removing one frees entries.  Between the
+ * munmap and the new reservation another thread could map something there;
+ * MAP_FIXED_NOREPLACE then refuses to clobber it, and as the VMA's range is
+ * no longer wholly ours that is fatal — a race only possible at the limit. */
+static int page_rereserve_at_limit(void *addr, size_t len)
+{
+    if (munmap(addr, len) != 0)
+        return -errno;
+    void *got = mmap(addr, len, PROT_NONE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
+    if (got == MAP_FAILED)
+        return -errno;
+    if (got != addr) {          /* a kernel older than 4.17 ignores NOREPLACE */
+        munmap(got, len);
+        return -EEXIST;
+    }
+    return 0;
+}
+
 void page__unmap_from(PageMapping *m)
 {
     size_t blksize = m->page->fileh->file->blksize;
-    int err = virt__reserve_at((void *)page_addr_in(m->page, m->vma), blksize);
+    void *addr = (void *)page_addr_in(m->page, m->vma);
+    int err = virt__reserve_at(addr, blksize);
+    if (err == -ENOMEM)
+        err = page_rereserve_at_limit(addr, blksize);
     if (err)
         page_map_failed("unmap", err);
     list_del(&m->in_page);
@@ -185,9 +209,17 @@ void page__drop(Page *page)
 
 size_t page__reclaim(RAM *ram, size_t n)
 {
+    return page__reclaim_except(ram, n, NULL);
+}
+
+size_t page__reclaim_except(RAM *ram, size_t n, Page *keep)
+{
     size_t done = 0;
     while (done < n && !list_empty(&ram->lru)) {
-        page__drop(list_entry(ram->lru.prev, Page, lru));
+        Page *victim = list_entry(ram->lru.prev, Page, lru);
+        if (victim == keep)
+            break;
+        page__drop(victim);
         done++;
     }
     return done;

@@ -259,8 +259,10 @@ void  page__buf_put(Page *page, void *buf, int own, int r);
 void  virt__populate_fresh(void *buf, size_t size);
 
 
-/* Reclaim up to @n clean LRU pages of @ram, punching their memory. */
+/* Reclaim up to @n clean LRU pages of @ram, punching their memory; the
+ * _except form stops at @keep (which the caller put at the LRU head). */
 size_t page__reclaim(RAM *ram, size_t n);
+size_t page__reclaim_except(RAM *ram, size_t n, Page *keep);
 
 /* ------------------------------------------------------------ locking */
 
