@@ -9,6 +9,8 @@
 
 #include "virtmem_int.h"
 
+ListHead fileh__all = { &fileh__all, &fileh__all };
+
 int fileh_open(BigFileH **out, BigFile *file, RAM *ram)
 {
     int err = virt_blksize_check(file->blksize);
@@ -36,6 +38,7 @@ int fileh_open(BigFileH **out, BigFile *file, RAM *ram)
         return -EINVAL;
     }
     ram->refcnt++;
+    list_add(&fileh->in_all, &fileh__all);
     virt_unlock();
     *out = fileh;
     return 0;
@@ -49,6 +52,7 @@ int fileh__maybe_free(BigFileH *fileh)
     if (!fileh->closed || fileh->nloading || fileh->writeout_running)
         return 0;
     BUG_ON(fileh->pagemap.count != 0 || fileh->nvma != 0);
+    list_del(&fileh->in_all);
     pagemap_fini(&fileh->pagemap);
     if (--fileh->ram->refcnt == 0)
         ram__free(fileh->ram);

@@ -38,6 +38,10 @@ static inline void list_del(ListHead *n)
 
 static inline void list_move(ListHead *n, ListHead *h) { list_del(n); list_add(n, h); }
 
+/* Not for loops that unlink @pos: use list_for_each_safe. */
+#define list_for_each_forward(pos, head) \
+    for (pos = (head)->next; pos != (head); pos = pos->next)
+
 #define list_for_each_safe(pos, tmp, head) \
     for (pos = (head)->next, tmp = pos->next; pos != (head); pos = tmp, tmp = pos->next)
 

@@ -35,9 +35,12 @@
  * and never freed: it holds a reference of its own. */
 static RAM *ram_default_ram;
 
+ListHead ram__all = { &ram__all, &ram__all };
+
 /* ------------------------------------------------------------ public API */
 
-int ram_new(RAM **out, size_t capacity)
+/* ram_new without the registration in ram__all (which needs the lock). */
+static int ram_create(RAM **out, size_t capacity)
 {
     RAM *ram;
     int fd;
@@ -61,7 +64,19 @@ int ram_new(RAM **out, size_t capacity)
     ram->memfd = fd;
     ram->capacity = capacity;
     list_init(&ram->lru);
+    virt__atfork_init();
     *out = ram;
+    return 0;
+}
+
+int ram_new(RAM **out, size_t capacity)
+{
+    int err = ram_create(out, capacity);
+    if (err)
+        return err;
+    virt_lock();
+    list_add(&(*out)->in_all, &ram__all);
+    virt_unlock();
     return 0;
 }
 
@@ -80,10 +95,9 @@ void ram_decref(RAM *ram)
     virt_lock();
     BUG_ON(ram->refcnt <= 0);
     last = --ram->refcnt == 0;
-    virt_unlock();
-    /* Nobody else can reach @ram any more: free it outside the lock. */
     if (last)
         ram__free(ram);
+    virt_unlock();
 }
 
 int ram_default(RAM **out)
@@ -104,7 +118,9 @@ int ram_default(RAM **out)
                 err = -EINVAL;
         }
         if (err == 0)
-            err = ram_new(&ram_default_ram, capacity);
+            err = ram_create(&ram_default_ram, capacity);
+        if (err == 0)
+            list_add(&ram_default_ram->in_all, &ram__all);
     }
     if (err == 0)
         *out = ram_default_ram;
@@ -363,6 +379,7 @@ void ram__free(RAM *ram)
     size_t i;
 
     BUG_ON(ram->npages != 0 || ram->refcnt != 0);
+    list_del(&ram->in_all);
     ram__window_fini(ram);      /* before the memfd it maps goes */
     /* close() of a memfd has no data to flush; an error here (EINTR, EIO)
      * still releases the descriptor on Linux, so there is nothing to retry. */
@@ -374,4 +391,25 @@ void ram__free(RAM *ram)
     ram->free = NULL;
     ram->nfree = 0;
     free(ram);
+}
+
+int ram__reset_in_child(RAM *ram)
+{
+    size_t i;
+
+    /* The window and the memfd are the parent's memory: let go of both
+     * without punching anything (that would destroy the parent's pages). */
+    if (ram->window && !ram->window_kept)
+        (void)munmap(ram->window, ram->window_size);
+    ram->window = NULL;
+    ram->window_size = ram->window_mapped = 0;
+    ram->window_kept = 0;
+    (void)close(ram->memfd);
+    ram->memfd = memfd_create("zbigarray-ram", MFD_CLOEXEC);
+    ram->memfd_size = 0;
+    ram->used = 0;
+    ram->npages = 0;
+    for (i = 0; i < ram->nfree; i++)
+        ram->free[i].n = 0;
+    return ram->memfd < 0 ? -errno : 0;
 }

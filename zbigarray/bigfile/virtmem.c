@@ -96,6 +96,13 @@ void virt__wait_loads(void)
     }
 }
 
+void virt__loads_reinit(void)
+{
+    /* In a forked child: threads that waited on the condition variable in
+     * the parent do not exist here; start from a clean one. */
+    BUG_ON(pthread_cond_init(&virt_loads_cond, NULL) != 0);
+}
+
 void virt__loads_changed(void)
 {
     BUG_ON(pthread_cond_broadcast(&virt_loads_cond) != 0);

@@ -61,6 +61,7 @@ typedef struct RAMFreeSlots {
 } RAMFreeSlots;
 
 struct RAM {
+    ListHead     in_all;       /* ram__all */
     int          refcnt;
     int          memfd;
     size_t       capacity;     /* bytes */
@@ -80,6 +81,18 @@ struct RAM {
     uint64_t     nreclaimed;   /* kept by page.c */
     uint64_t     nrecycled;    /* kept by page.c */
 };
+
+/* Every live RAM and every file handle not yet freed (fork.c walks them). */
+extern ListHead ram__all;
+extern ListHead fileh__all;
+
+/* In a forked child: give @ram a memfd of its own, empty.  Every page of it
+ * must have been forgotten first.  -errno of memfd_create (the RAM then has
+ * no memfd and every allocation from it fails). */
+int   ram__reset_in_child(RAM *ram);
+
+/* Register the fork handlers (fork.c); idempotent.  Called by ram_new. */
+void  virt__atfork_init(void);
 
 /* Allocate a slot of @size bytes (a multiple of the OS page size): a free slot
  * of that size if there is one, else grow the memfd.  Does not check the
@@ -121,7 +134,7 @@ void  ram__window_fini(RAM *ram);
  * (VIRT_BUF_KEPT).  The memory is still returned to the system. */
 void  ram__slot_retire(RAM *ram, size_t off, size_t size);
 
-/* Free @ram (close memfd, free free-lists).  Called by ram_decref when the last
+/* Free @ram (close memfd, free free-lists), under the lock, when the last
  * reference goes.  No pages may remain. */
 void  ram__free(RAM *ram);
 
@@ -186,6 +199,7 @@ void  vma__destroy(VMA *vma);
 /* ----------------------------------------------------------------- BigFileH */
 
 struct BigFileH {
+    ListHead   in_all;              /* fileh__all */
     BigFile   *file;
     RAM       *ram;                 /* holds a reference */
     PageMap    pagemap;             /* blk -> Page* */
@@ -286,6 +300,7 @@ int   virt__lock_held(void);
  * while waiting; returns with the lock held, the world possibly changed. */
 void  virt__wait_loads(void);
 void  virt__loads_changed(void);
+void  virt__loads_reinit(void);     /* fork.c, in the child */
 
 /* Call file->ops->release for a handle freed under the lock (call unlocked). */
 void  virt__release_file(BigFile *file);
