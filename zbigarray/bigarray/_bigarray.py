@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from ._memory import Mapping, file_span
 __all__ = ["BigArray"]
 
 ShapeLike = int | Sequence[int]
+Order = Literal["C", "F"]
 
 # NumPy computes byte offsets in intp (int64 here).
 _MAX_NBYTES = 2**63 - 1
@@ -30,6 +31,7 @@ _MAX_NBYTES = 2**63 - 1
 
 def _as_shape(shape: Any) -> tuple[int, ...]:
     """Normalise an int or a sequence of ints into a shape tuple."""
+    dims: tuple[int, ...]
     try:
         dims = (operator.index(shape),)
     except TypeError:
@@ -42,7 +44,7 @@ def _as_shape(shape: Any) -> tuple[int, ...]:
     return dims
 
 
-def _contiguous_strides(shape: tuple[int, ...], itemsize: int, order: str) -> tuple[int, ...]:
+def _contiguous_strides(shape: tuple[int, ...], itemsize: int, order: Order) -> tuple[int, ...]:
     """Strides NumPy gives a fresh contiguous array of this layout."""
     if math.prod(shape) == 0:
         # NumPy's convention for arrays without elements differs between
@@ -125,7 +127,7 @@ class BigArray:
 
     _shape: tuple[int, ...]
     _dtype: np.dtype
-    _order: str
+    _order: Order
     _fileh: Any
     _v_vma: Any = None
     """The last VMA made (see _mmap_bytes); volatile."""
@@ -153,7 +155,7 @@ class BigArray:
             raise ValueError(f"array of shape {dims} and dtype {dt} is too big")
         self._shape = dims
         self._dtype = dt
-        self._order = order
+        self._order = "C" if order == "C" else "F"
 
     # ---------------------------------------------------------- attributes
 

@@ -148,8 +148,9 @@ def major_range(index: Any, shape: tuple[int, ...], axis: int) -> MajorRange:
     """
     elems = index if isinstance(index, tuple) else (index,)
     n = shape[axis]
-    classified = [_classify(e) for e in elems]
-    if any(c is None for c in classified):
+    maybe = [_classify(e) for e in elems]
+    classified = [c for c in maybe if c is not None]
+    if len(classified) != len(maybe):
         return _whole(n, index)
     kinds = [c[0] for c in classified]
     consumed = sum(c[2] for c in classified)

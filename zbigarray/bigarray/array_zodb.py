@@ -75,5 +75,5 @@ class ZBigArray(BigArray, Persistent):
         fileh = default_fileh(zfile)
         # A transaction that began implicitly was announced to nobody: join
         # it before this access can write anything.
-        fileh.file.dm.join_current()
+        fileh.file.dm.join_current()  # type: ignore[attr-defined]  # a ZBlkBigFile
         return fileh
