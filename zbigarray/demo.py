@@ -28,6 +28,10 @@ def _fmt_bytes(n: float) -> str:
 
 
 def _progress(what: str, done: int, total: int, t0: float) -> None:
+    # A bar redrawn in place on a terminal; into a file or pipe, where "\r"
+    # does not rewind, only the finished line.
+    if done != total and not sys.stderr.isatty():
+        return
     width = 30
     filled = width * done // total
     rate = done * ROW * 8 / max(time.perf_counter() - t0, 1e-9)
