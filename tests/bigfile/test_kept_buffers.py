@@ -132,3 +132,36 @@ def test_kept_buffers_outliving_the_handle() -> None:
                 int(np.asarray(kept).sum())
         del f, fileh
         gc.collect()
+
+
+class FailingKeeper(MemFile):
+    """storeblk keeps a view of `buf` and then raises (a backend bug plus an
+    I/O error): the view must still be its own memory, never the page's."""
+
+    def __init__(self, blksize: int) -> None:
+        super().__init__(blksize, {0: b"\x01" * blksize})
+        self.kept: list[np.ndarray] = []
+        self.fail = True
+
+    def storeblk(self, blk: int, buf: memoryview) -> None:
+        if self.fail:
+            self.kept.append(np.frombuffer(buf, np.uint8))
+            raise OSError("disk full")
+        super().storeblk(blk, buf)
+
+
+def test_view_kept_by_a_failing_storeblk_stays_apart() -> None:
+    f = FailingKeeper(PAGESIZE)
+    with f.fileh_open() as fileh:
+        a = np.frombuffer(fileh.mmap(0, 1), np.uint8)
+        a[:8] = 7
+        with pytest.raises(OSError, match="disk full"):
+            fileh.dirty_writeout(BOTH)
+        kept = f.kept[0]
+        assert kept[0] == 7 and kept[8] == 1     # a copy of the block as it was
+        a[0] = 9                                 # the page changes ...
+        assert kept[0] == 7                      # ... the kept copy does not
+        f.fail = False
+        fileh.dirty_writeout(BOTH)               # still dirty, stored now
+        assert f.blocks[0][:9] == b"\x09" + b"\x07" * 7 + b"\x01"
+        del a

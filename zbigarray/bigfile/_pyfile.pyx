@@ -45,7 +45,7 @@ cdef int _pyfile_loadblk(virt.BigFile *cf, virt.blk_t blk, void *buf) noexcept w
         return blkbuf.settle()
     except BaseException as exc:
         _report_loadblk_failure(owner, blk, exc)
-        return -EIO
+        return _failed(blkbuf)
 
 
 cdef int _pyfile_storeblk(virt.BigFile *cf, virt.blk_t blk, const void *buf) noexcept with gil:
@@ -56,13 +56,18 @@ cdef int _pyfile_storeblk(virt.BigFile *cf, virt.blk_t blk, const void *buf) noe
         blkbuf.lend(owner.storeblk, blk)
         return blkbuf.settle()
     except BaseException as exc:
-        # The core unmaps buf after an error, so nothing may keep a view of
-        # it: drop the locals of the failed frames, which is where views
-        # usually stay (the traceback itself stays readable).
-        if blkbuf is not None and blkbuf.nexports:
-            traceback.clear_frames(exc.__traceback__)
         _stash_error(cf, exc)
-        return -EIO
+        return _failed(blkbuf)
+
+
+cdef int _failed(_BlkBuf blkbuf) noexcept:
+    """The result of a loadblk/storeblk that raised: -EIO, or VIRT_BUF_KEPT_EIO
+    when views of buf outlive the call (kept in the traceback's frames, or
+    stored away): they get a private copy, as after a successful call, so
+    that they never alias page memory the core reuses."""
+    if blkbuf is not None and blkbuf.nexports and blkbuf.orphan() == virt.VIRT_BUF_KEPT:
+        return virt.VIRT_BUF_KEPT_EIO
+    return -EIO
 
 
 cdef void _stash_error(virt.BigFile *cf, BaseException exc) noexcept:

@@ -157,11 +157,8 @@ static int fault_serve(uintptr_t addr, int write)
                 fault_nloading_mine--;
             }
             virt__lock_in_fault();
-            if (!err) {
-                page__buf_put(page, buf, own, r);
-                if (r < 0)
-                    err = r;
-            }
+            if (!err)
+                err = page__buf_put(page, buf, own, r);
 
             if (err || page->invalidated || fileh->closed) {
                 page__abandon_load(page);
@@ -171,8 +168,8 @@ static int fault_serve(uintptr_t addr, int write)
                 if (freed)
                     virt__release_file(file);
                 if (err)
-                    fault_fail(file, blk, err, r < 0 ? "loadblk failed"
-                                                     : "cannot map page memory for loading");
+                    fault_fail(file, blk, err, r != 0 ? "loadblk failed"
+                                                      : "cannot map page memory for loading");
                 virt__lock_in_fault();
                 continue;      /* invalidated: load again (or not ours now) */
             }

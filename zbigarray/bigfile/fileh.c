@@ -155,11 +155,8 @@ static int fileh_store_dirty(BigFileH *fileh)
         if (!err)
             r = file->ops->storeblk(file, blk, buf);
         virt_lock();
-        if (!err) {
-            page__buf_put(page, buf, own, r);
-            if (r < 0)
-                err = r;
-        }
+        if (!err)
+            err = page__buf_put(page, buf, own, r);
         if (!err)
             fileh->nstoreblk++;
     }

@@ -371,10 +371,10 @@ int page__buf_get(Page *page, int writable, void **buf, int *own)
                          PROT_READ | (writable ? PROT_WRITE : 0), 1, buf);
 }
 
-void page__buf_put(Page *page, void *buf, int own, int r)
+int page__buf_put(Page *page, void *buf, int own, int r)
 {
     size_t size = page->fileh->file->blksize;
-    if (r == VIRT_BUF_KEPT) {
+    if (r == VIRT_BUF_KEPT || r == VIRT_BUF_KEPT_EIO) {
         if (!own)
             page->window_lost = 1;
     } else if (own) {
@@ -385,6 +385,9 @@ void page__buf_put(Page *page, void *buf, int own, int r)
          * and the OOM killer read as our memory use. */
         (void)madvise(buf, size, MADV_DONTNEED);
     }
+    if (r == VIRT_BUF_KEPT_EIO)
+        return -EIO;
+    return r < 0 ? r : 0;
 }
 
 void virt__populate_fresh(void *buf, size_t size)

@@ -42,16 +42,20 @@ typedef struct RAM       RAM;
  * it keeps aliases page memory. */
 #define VIRT_BUF_KEPT 1
 
+/* The same, but the call failed (as with -EIO): for a callee that fails while
+ * something it made still references @buf. */
+#define VIRT_BUF_KEPT_EIO 2
+
 typedef struct BigFileOps {
     /* Fill @buf (file->blksize bytes, writable; initial contents unspecified)
      * with block @blk.  Runs without the virtmem lock, possibly inside the
      * page-fault handler of the thread that touched the block.  Returns 0,
-     * VIRT_BUF_KEPT, or -errno. */
+     * VIRT_BUF_KEPT, VIRT_BUF_KEPT_EIO or -errno. */
     int  (*loadblk)(BigFile *file, blk_t blk, void *buf);
 
     /* Save block @blk from @buf (file->blksize bytes, read-only).  Runs
      * without the virtmem lock, from fileh_dirty_writeout().  Returns 0,
-     * VIRT_BUF_KEPT, or -errno. */
+     * VIRT_BUF_KEPT, VIRT_BUF_KEPT_EIO or -errno. */
     int  (*storeblk)(BigFile *file, blk_t blk, const void *buf);
 
     /* Optional.  Called once for every successful fileh_open(), when that

@@ -12,6 +12,7 @@ cdef extern from "virtmem.h" nogil:
 
     # ------------------------------------------------------------- BigFile
     int VIRT_BUF_KEPT
+    int VIRT_BUF_KEPT_EIO
 
     ctypedef struct BigFileOps:
         int  (*loadblk)(BigFile *file, blk_t blk, void *buf)

@@ -262,10 +262,11 @@ void  page__abandon_load(Page *page);
  * memory: its RAM window alias (*own = 0), or a one-off mapping (*own = 1).
  * Called locked, the buffer then used unlocked while the page is LOADING or
  * storing (which keeps the page and its slot alive).  page__buf_put (locked)
- * ends the use, given the callee's result @r: on VIRT_BUF_KEPT the callee owns
- * the addresses from now on.  -errno of mmap. */
+ * ends the use, given the callee's result @r: on VIRT_BUF_KEPT(_EIO) the
+ * callee owns the addresses from now on; it returns the call's error (0 or
+ * -errno).  page__buf_get: -errno of mmap. */
 int   page__buf_get(Page *page, int writable, void **buf, int *own);
-void  page__buf_put(Page *page, void *buf, int own, int r);
+int   page__buf_put(Page *page, void *buf, int own, int r);
 
 /* Allocate the memory behind a fresh slot's window alias [buf, buf+size) in
  * one call (MADV_POPULATE_WRITE) rather than one kernel fault per OS page as
