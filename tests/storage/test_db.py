@@ -29,6 +29,12 @@ def test_plain_path_opens_a_filestorage(tmp_path: Path) -> None:
         db.close()
 
 
+def test_plain_path_creates_missing_directories(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "dir" / "x.fs"
+    open_db(str(path)).close()
+    assert path.exists()
+
+
 def test_file_and_memory_uris(tmp_path: Path) -> None:
     for uri in (f"file://{tmp_path}/y.fs", "memory://"):
         db = open_db(uri)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import ZODB
@@ -15,8 +16,8 @@ def open_db(uri: str, **dbkw: Any) -> ZODB.DB:
     Parameters
     ----------
     uri
-        A path to a FileStorage file (created if missing; the embedded
-        default), or a zodburi URI: ``file:///path/Data.fs``, ``memory://``,
+        A path to a FileStorage file (created if missing, with its
+        directory; the embedded default), or a zodburi URI: ``file:///path/Data.fs``, ``memory://``,
         ``zeo://host:port`` (or ``zeo:///path/to/socket``), and the schemes
         of other installed storages (RelStorage's ``postgres://``, ...).
         URI query parameters are those of zodburi, e.g.
@@ -41,6 +42,9 @@ def open_db(uri: str, **dbkw: Any) -> ZODB.DB:
     if not uri:
         raise ValueError("open_db: empty uri")
     if "://" not in uri:
+        parent = os.path.dirname(uri)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
         return ZODB.DB(FileStorage(uri), **dbkw)
     try:
         factory, kw = zodburi.resolve_uri(uri)
