@@ -1,4 +1,4 @@
-"""The README's example runs as written (docs stay true to the code)."""
+"""The examples of README.md and docs/usage.md run as written (docs stay true to the code)."""
 
 from __future__ import annotations
 
@@ -27,3 +27,19 @@ def test_readme_python_example_runs(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "data" / "arrays.fs").stat().st_size < 10 << 20   # holes cost nothing
+
+
+USAGE = ROOT / "docs" / "usage.md"
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("n", range(3))
+def test_usage_guide_python_examples_run(tmp_path: Path, n: int) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", USAGE.read_text(), re.S)
+    assert len(blocks) == 3, "docs/usage.md's python examples changed: update this test"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    (tmp_path / "data").mkdir()
+    r = subprocess.run([sys.executable, "-c", blocks[n]], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
