@@ -6,7 +6,7 @@
 #   _errors       -errno -> exception, argument checks      (no core calls)
 #   _blkbuf       <- virtmem (VIRT_BUF_KEPT)                 (no core calls)
 #   _pyfile       <- virtmem, _blkbuf                        (no core calls)
-#   _bigfile      <- virtmem, _errors, _pyfile; the only extension linked
+#   _bigfile      <- virtmem, _errors, _blkbuf, _pyfile; the only extension linked
 #                    with the core (its state is process-wide: one copy)
 
 from cpython.ref cimport PyObject

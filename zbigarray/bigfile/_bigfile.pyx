@@ -17,11 +17,11 @@ handle or mapping.
 cimport cython
 from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport PyObject, Py_DECREF, Py_INCREF
-from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES
 from libc.errno cimport EBUSY, EINVAL, EOVERFLOW
 from libc.stdint cimport SIZE_MAX, uint64_t
 
 from zbigarray.bigfile cimport virtmem as virt
+from zbigarray.bigfile._blkbuf cimport fill_byte_view
 from zbigarray.bigfile._errors cimport check as _check, u64_arg as _u64
 from zbigarray.bigfile._pyfile cimport PyBigFile, fault_error, gil_hooks, pyfile_ops
 
@@ -539,19 +539,8 @@ cdef class VMA:
 
     def __getbuffer__(self, Py_buffer *view, int flags):
         self._vma("buffer export")
-        view.buf = <void *>self.addr_start
-        view.len = self._shape[0]
-        view.itemsize = 1
-        view.readonly = 0
-        view.ndim = 1
-        view.format = NULL
-        if flags & PyBUF_FORMAT:
-            view.format = b"B"
-        view.shape = self._shape if flags & PyBUF_ND else NULL
-        view.strides = self._strides if flags & PyBUF_STRIDES else NULL
-        view.suboffsets = NULL
-        view.internal = NULL
-        view.obj = self
+        fill_byte_view(view, self, <void *>self.addr_start, self._shape, self._strides,
+                       False, flags)
         self._nexports += 1
 
     def __releasebuffer__(self, Py_buffer *view):

@@ -15,3 +15,7 @@ cdef class _BlkBuf:
     cdef int orphan(self) noexcept
 
 cdef _BlkBuf blkbuf_new(void *buf, size_t size, bint readonly)
+
+# The one description of a 1-D byte buffer, shared with VMA's export.
+cdef void fill_byte_view(Py_buffer *view, object obj, void *buf, Py_ssize_t *shape,
+                         Py_ssize_t *strides, bint readonly, int flags) noexcept

@@ -41,25 +41,32 @@ cdef _BlkBuf blkbuf_new(void *buf, size_t size, bint readonly):
     return self
 
 
+cdef void fill_byte_view(Py_buffer *view, object obj, void *buf, Py_ssize_t *shape,
+                         Py_ssize_t *strides, bint readonly, int flags) noexcept:
+    """Describe [buf, buf+shape[0]) as a 1-D unsigned-byte buffer exported by
+    @obj (which the view then references); @shape/@strides live in @obj."""
+    view.buf = buf
+    view.len = shape[0]
+    view.itemsize = 1
+    view.readonly = readonly
+    view.ndim = 1
+    view.format = NULL
+    if flags & PyBUF_FORMAT:
+        view.format = b"B"
+    view.shape = shape if flags & PyBUF_ND else NULL
+    view.strides = strides if flags & PyBUF_STRIDES else NULL
+    view.suboffsets = NULL
+    view.internal = NULL
+    view.obj = obj
+
+
 cdef class _BlkBuf:
     """Exporter of a lent block (see the module docstring)."""
 
     def __getbuffer__(self, Py_buffer *view, int flags):
         if self.readonly and (flags & PyBUF_WRITABLE):
             raise BufferError("the buffer passed to storeblk is read-only")
-        view.buf = self.buf
-        view.len = self.size
-        view.itemsize = 1
-        view.readonly = self.readonly
-        view.ndim = 1
-        view.format = NULL
-        if flags & PyBUF_FORMAT:
-            view.format = b"B"
-        view.shape = self._shape if flags & PyBUF_ND else NULL
-        view.strides = self._strides if flags & PyBUF_STRIDES else NULL
-        view.suboffsets = NULL
-        view.internal = NULL
-        view.obj = self
+        fill_byte_view(view, self, self.buf, self._shape, self._strides, self.readonly, flags)
         self.nexports += 1
 
     def __releasebuffer__(self, Py_buffer *view):

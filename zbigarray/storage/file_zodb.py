@@ -51,13 +51,10 @@ def _zero(buf: memoryview, start: int, stop: int) -> None:
     np.frombuffer(buf, np.uint8)[start:stop] = 0
 
 
-class ZData(Persistent):
-    """One chunk of a :class:`ZBlk1` block.
+class _BytesState(Persistent):
+    """A persistent object whose whole state is one ``bytes``, ``data``.
 
-    Parameters
-    ----------
-    data
-        The chunk's bytes, trailing zeros already stripped.
+    Not stored itself (databases record only the concrete classes below).
     """
 
     def __init__(self, data: bytes = b"") -> None:
@@ -70,7 +67,17 @@ class ZData(Persistent):
         self.data = state
 
 
-class ZBlk0(Persistent):
+class ZData(_BytesState):
+    """One chunk of a :class:`ZBlk1` block.
+
+    Parameters
+    ----------
+    data
+        The chunk's bytes, trailing zeros already stripped.
+    """
+
+
+class ZBlk0(_BytesState):
     """A block stored as one object holding all its bytes.
 
     One object load per block: the fastest to read; any change rewrites the
@@ -81,15 +88,6 @@ class ZBlk0(Persistent):
     data
         The block's bytes, trailing zeros already stripped.
     """
-
-    def __init__(self, data: bytes = b"") -> None:
-        self.data = data
-
-    def __getstate__(self) -> bytes:
-        return self.data
-
-    def __setstate__(self, state: bytes) -> None:
-        self.data = state
 
     def loadblkdata(self, buf: memoryview, deps: list[Persistent]) -> None:
         """Fill `buf` with the block; append the objects read to `deps`."""
