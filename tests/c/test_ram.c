@@ -97,14 +97,18 @@ TEST(ram_new_checks_capacity)
     ram_decref(ram);
 }
 
-TEST(ram_default_capacity_is_quarter_of_physical_memory)
+/* A quarter of physical memory, or of this machine's cgroup limit if lower
+ * (the cgroup parsing itself is tested on fake trees in test_ram_cgroup.c). */
+TEST(ram_default_capacity_is_quarter_of_physical_or_cgroup_memory)
 {
     uint64_t phys = (uint64_t)sysconf(_SC_PHYS_PAGES) *
                     (uint64_t)sysconf(_SC_PAGESIZE);
+    uint64_t limit = ram__cgroup_limit("/proc/self/cgroup", "/sys/fs/cgroup");
     size_t cap = ram_default_capacity();
 
     CHECK(cap >= virt_os_pagesize());
-    CHECK_EQ(cap, phys / 4);
+    CHECK(cap <= phys / 4);
+    CHECK_EQ(cap, (phys < limit ? phys : limit) / 4);
 }
 
 TEST(ram_refcount)

@@ -23,7 +23,9 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -128,22 +130,171 @@ int ram_default(RAM **out)
     return err;
 }
 
+/* --------------------------------------------- default capacity, cgroups */
+
+/* Why cgroups: in a container the memory the process may use is the cgroup's
+ * limit, not the host's RAM.  A process in a 2 GiB container on a 64 GiB host
+ * must not default to 16 GiB of page memory and get OOM-killed; it gets a
+ * quarter of 2 GiB.  Whatever cannot be read or parsed below simply sets no
+ * limit: the default capacity never fails. */
+
+/* The limit in cgroup file @path (decimal bytes, one line), or UINT64_MAX if
+ * it sets none: missing, unreadable, "max" (v2: no limit) or garbage.  v1's
+ * "no limit" is a huge number (9223372036854771712) that the min with
+ * physical memory discards, so it needs no case of its own. */
+static uint64_t cgroup_read_limit(const char *path)
+{
+    char buf[32];
+    size_t len = 0;
+    uint64_t v = 0;
+    ssize_t n = 0;
+    size_t i;
+    int fd;
+
+    do
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+    while (fd < 0 && errno == EINTR);
+    if (fd < 0)
+        return UINT64_MAX;
+    while (len < sizeof buf - 1) {
+        n = read(fd, buf + len, sizeof buf - 1 - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+    }
+    /* Read-only: a failed close loses nothing. */
+    (void)close(fd);
+    if (n < 0 || len == sizeof buf - 1)
+        return UINT64_MAX;      /* read error, or too long to be a limit */
+
+    if (len > 0 && buf[len - 1] == '\n')
+        len--;
+    if (len == 0)
+        return UINT64_MAX;
+    for (i = 0; i < len; i++) {
+        unsigned d = (unsigned)(buf[i] - '0');
+
+        if (d > 9 || v > (UINT64_MAX - d) / 10)
+            return UINT64_MAX;  /* "max", garbage, or beyond 64 bits */
+        v = v * 10 + d;
+    }
+    return v;
+}
+
+/* The smallest @file limit of cgroup @cgpath (as in /proc/self/cgroup,
+ * starting with '/') under @dir and of each of its ancestors: a parent's
+ * limit bounds its children too.  Walking up also covers a container that
+ * sees its own cgroup mounted as @dir while /proc/self/cgroup names it by the
+ * host's path (v1 without a cgroup namespace): the host path is missing under
+ * @dir, and the walk ends at @dir itself, the container's limit. */
+static uint64_t cgroup_walk_limit(const char *dir, const char *cgpath,
+                                  const char *file)
+{
+    char path[PATH_MAX], cg[PATH_MAX];
+    uint64_t min = UINT64_MAX, v;
+    size_t len = strlen(cgpath);
+    int n;
+
+    if (cgpath[0] != '/' || len >= sizeof cg)
+        return UINT64_MAX;
+    memcpy(cg, cgpath, len + 1);
+    for (;;) {
+        while (len > 0 && cg[len - 1] == '/')
+            cg[--len] = '\0';  /* "/" is the root: "" here */
+        n = snprintf(path, sizeof path, "%s%s/%s", dir, cg, file);
+        if (n > 0 && (size_t)n < sizeof path) {
+            v = cgroup_read_limit(path);
+            if (v < min)
+                min = v;
+        }
+        if (len == 0)
+            return min;
+        while (len > 0 && cg[len - 1] != '/')
+            len--;
+        cg[len] = '\0';
+    }
+}
+
+/* Does comma-separated @list name @name? */
+static int list_has(const char *list, size_t listlen, const char *name)
+{
+    size_t namelen = strlen(name), i = 0, j;
+
+    while (i < listlen) {
+        for (j = i; j < listlen && list[j] != ','; j++)
+            ;
+        if (j - i == namelen && memcmp(list + i, name, namelen) == 0)
+            return 1;
+        i = j + 1;
+    }
+    return 0;
+}
+
+uint64_t ram__cgroup_limit(const char *proc_cgroup, const char *root)
+{
+    char dir[PATH_MAX];
+    uint64_t min = UINT64_MAX, v;
+    char *line = NULL, *c1, *c2;
+    size_t cap = 0;
+    ssize_t len;
+    FILE *f;
+
+    f = fopen(proc_cgroup, "re");
+    if (f == NULL)
+        return UINT64_MAX;
+    /* Lines "id:controllers:path".  A read error ends the loop like EOF: the
+     * limits found so far are still real limits. */
+    while ((len = getline(&line, &cap, f)) > 0) {
+        if (line[len - 1] == '\n')
+            line[--len] = '\0';
+        c1 = strchr(line, ':');
+        c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+        if (c2 == NULL)
+            continue;
+        v = UINT64_MAX;
+        if (c1 - line == 1 && line[0] == '0' && c2 == c1 + 1) {
+            /* v2 (unified): "0::/path", limits in <root>/<path> */
+            v = cgroup_walk_limit(root, c2 + 1, "memory.max");
+        } else if (list_has(c1 + 1, (size_t)(c2 - c1 - 1), "memory")) {
+            /* v1: the memory controller's own hierarchy */
+            int n = snprintf(dir, sizeof dir, "%s/memory", root);
+            if (n > 0 && (size_t)n < sizeof dir)
+                v = cgroup_walk_limit(dir, c2 + 1, "memory.limit_in_bytes");
+        }
+        if (v < min)
+            min = v;
+    }
+    free(line);
+    (void)fclose(f);    /* read-only: nothing to lose */
+    return min;
+}
+
+size_t ram__default_capacity_for(uint64_t phys, uint64_t cgroup_limit)
+{
+    uint64_t pagesize = virt_os_pagesize();
+    uint64_t total = phys < cgroup_limit ? phys : cgroup_limit;
+
+    total /= 4;
+    if (total > SIZE_MAX)
+        return SIZE_MAX;
+    if (total < pagesize)
+        return (size_t)pagesize;
+    return (size_t)total;
+}
+
 size_t ram_default_capacity(void)
 {
     long npages = sysconf(_SC_PHYS_PAGES);
     long pagesize = sysconf(_SC_PAGESIZE);
-    uint64_t total;
+    /* sysconf cannot fail for these on Linux; should it, take 4 GiB (a
+     * 1 GiB default), a safe guess for any machine this runs on. */
+    uint64_t phys = npages > 0 && pagesize > 0 ?
+                    (uint64_t)npages * (uint64_t)pagesize : (uint64_t)4 << 30;
 
-    /* sysconf cannot fail for these on Linux; should it, 1 GiB is a safe
-     * guess for any machine this runs on. */
-    if (npages <= 0 || pagesize <= 0)
-        return (size_t)1 << 30;
-    total = (uint64_t)npages * (uint64_t)pagesize / 4;
-    if (total > SIZE_MAX)
-        return SIZE_MAX;
-    if (total < (uint64_t)pagesize)
-        return (size_t)pagesize;
-    return (size_t)total;
+    return ram__default_capacity_for(
+        phys, ram__cgroup_limit("/proc/self/cgroup", "/sys/fs/cgroup"));
 }
 
 /* Case-insensitive: does @s equal @lit (lowercase)? */

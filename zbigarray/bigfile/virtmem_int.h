@@ -91,6 +91,18 @@ extern ListHead fileh__all;
  * no memfd and every allocation from it fails). */
 int   ram__reset_in_child(RAM *ram);
 
+/* The cgroup memory limit of this process as given by @proc_cgroup (a file
+ * laid out as /proc/self/cgroup) under the cgroup mount @root (as
+ * /sys/fs/cgroup): the smallest of v2 memory.max and v1 memory.limit_in_bytes
+ * of its cgroup and every ancestor.  UINT64_MAX: no limit found (missing or
+ * unreadable files, "max", garbage).  Separate paths so tests can use a fake
+ * tree; ram_default_capacity passes the real ones.  No lock needed. */
+uint64_t ram__cgroup_limit(const char *proc_cgroup, const char *root);
+
+/* A quarter of min(@phys, @cgroup_limit) bytes, at least one OS page: what
+ * ram_default_capacity returns.  No lock needed. */
+size_t ram__default_capacity_for(uint64_t phys, uint64_t cgroup_limit);
+
 /* Register the fork handlers (fork.c); idempotent.  Called by ram_new. */
 void  virt__atfork_init(void);
 
