@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import psutil
 import pytest
@@ -167,15 +169,56 @@ def test_default_capacity_from_environment() -> None:
     assert int(r.stdout) == 3 * MiB
 
 
+def _cgroup_limit(proc: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> int | None:
+    """This process's cgroup memory limit read independently of ram.c: the
+    smallest v2 memory.max / v1 memory.limit_in_bytes of its cgroup and every
+    ancestor, or None."""
+    limits = []
+    try:
+        with open(proc) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3 or not parts[2].startswith("/"):
+            continue
+        hid, controllers, path = parts
+        if hid == "0" and controllers == "":
+            base, name = root, "memory.max"
+        elif "memory" in controllers.split(","):
+            base, name = os.path.join(root, "memory"), "memory.limit_in_bytes"
+        else:
+            continue
+        parts = [p for p in path.split("/") if p]
+        for i in range(len(parts), -1, -1):
+            try:
+                with open(os.path.join(base, *parts[:i], name)) as f:
+                    text = f.read().strip()
+            except OSError:
+                continue
+            if text.isdigit():
+                limits.append(int(text))
+    return min(limits, default=None)
+
+
+def test_default_capacity_is_quarter_of_physical_or_cgroup_memory() -> None:
+    phys = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGESIZE")
+    limit = _cgroup_limit()
+    usable = phys if limit is None else min(phys, limit)
+    assert RAM().capacity == max(PAGESIZE, usable // 4)
+
+
 @pytest.mark.subprocess
 def test_default_capacity_without_environment_leaves_room() -> None:
     r = run_python("""
-        from zbigarray.bigfile import ram_default
-        print(ram_default().capacity)
+        from zbigarray.bigfile import RAM, ram_default
+        print(ram_default().capacity, RAM().capacity)
     """)
     assert r.returncode == 0, r.stderr
-    capacity = int(r.stdout)
-    assert 64 * MiB <= capacity <= psutil.virtual_memory().total // 2
+    capacity, default = map(int, r.stdout.split())
+    assert capacity == default      # the process RAM uses the default
+    assert PAGESIZE <= capacity <= psutil.virtual_memory().total // 2
 
 
 @pytest.mark.subprocess
