@@ -1,22 +1,29 @@
-"""Faults that cannot be served end the process loudly, in a child interpreter.
+"""Faults that end the process loudly, in a child interpreter.
 
-A failed loadblk and a RAM full of dirty pages have no caller to report to:
-the policy is to print what failed and abort, as the kernel kills a program
-whose mmapped file cannot be read.  Faults that are not ours crash as they
-would without zbigarray.  Every child runs under a timeout: a hang fails.
+With ``$ZBIGARRAY_FAULT_ABORT`` set, and in threads that have no Python
+thread state, a failed loadblk or a RAM full of dirty pages prints what
+failed and aborts, as the kernel kills a program whose mmapped file cannot
+be read (elsewhere they raise: test_fault_errors.py).  Faults that are not
+ours crash as they would without zbigarray.  Every child runs under a
+timeout: a hang fails.
 """
 
 from __future__ import annotations
 
 import re
 import signal
+import subprocess
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from tests.common import run_python
+from zbigarray.bigfile import FAULT_ABORT_ENV
 
 pytestmark = pytest.mark.subprocess
+
+FAIL_STOP = {FAULT_ABORT_ENV: "1"}
 
 FAILING_FILE = textwrap.dedent("""
     import sys, threading
@@ -50,7 +57,7 @@ t.join()
 
 @pytest.mark.parametrize("access", sorted(ACCESSES))
 def test_loadblk_error_aborts_with_traceback_and_block(access: str) -> None:
-    r = run_python(FAILING_FILE + ACCESSES[access] + "\nprint('continued')\n")
+    r = run_python(FAILING_FILE + ACCESSES[access] + "\nprint('continued')\n", env=FAIL_STOP)
     assert r.returncode == -signal.SIGABRT, r.stderr
     file_repr = r.stdout.splitlines()[0]
     assert "continued" not in r.stdout
@@ -70,7 +77,7 @@ def test_loadblk_error_before_first_success_aborts() -> None:
         fileh = Broken(4096).fileh_open()
         memoryview(fileh.mmap(7, 1))[0] = 1
         print("continued")
-    """)
+    """, env=FAIL_STOP)
     assert r.returncode == -signal.SIGABRT, r.stderr
     assert "continued" not in r.stdout
     assert "ValueError: nope" in r.stderr
@@ -89,11 +96,48 @@ def test_ram_full_of_dirty_pages_aborts_with_a_message() -> None:
             m[blk * 4096] = 1
             print("dirtied", blk, flush=True)
         print("continued")
-    """)
+    """, env=FAIL_STOP)
     assert r.returncode == -signal.SIGABRT, r.stderr
     assert "continued" not in r.stdout
     assert "dirtied 3" in r.stdout and "dirtied 4" not in r.stdout
     assert re.search(r"RAM|capacity", r.stderr, re.IGNORECASE), r.stderr
+
+
+# A C thread with no Python thread state touching memory: built at test time,
+# as no Python API makes a thread without one.
+C_TOUCHER = """
+#include <pthread.h>
+static void *touch(void *p) { return (void *)(long)*(volatile unsigned char *)p; }
+long touch_in_c_thread(unsigned char *p)
+{
+    pthread_t t;
+    void *r;
+    if (pthread_create(&t, 0, touch, p) != 0 || pthread_join(t, &r) != 0)
+        return -1;
+    return (long)r;
+}
+"""
+
+
+def test_loadblk_error_in_a_thread_without_python_aborts(tmp_path: Path) -> None:
+    """Nothing to raise into: the report, then abort, as the default policy."""
+    src = tmp_path / "toucher.c"
+    src.write_text(C_TOUCHER)
+    lib = tmp_path / "toucher.so"
+    subprocess.run(["cc", "-shared", "-fPIC", "-pthread", "-o", str(lib), str(src)],
+                   check=True)
+    r = run_python(FAILING_FILE + f"""
+import ctypes
+toucher = ctypes.CDLL({str(lib)!r})
+toucher.touch_in_c_thread.argtypes = [ctypes.c_void_p]
+print("ok block", toucher.touch_in_c_thread(vma.addr_start + 4096), flush=True)
+toucher.touch_in_c_thread(vma.addr_start + 3 * 4096)
+print("continued")
+""")
+    assert r.returncode == -signal.SIGABRT, r.stderr
+    assert "ok block 1" in r.stdout and "continued" not in r.stdout
+    assert "RuntimeError: cannot read block three" in r.stderr
+    assert "loadblk(blk=3)" in r.stderr
 
 
 SEGV_OUTSIDE = """

@@ -41,7 +41,7 @@ static void quiet_stderr(void)
     close(fd);
 }
 
-static void exit_on_fault_error(BigFile *file, blk_t blk, int err,
+static int exit_on_fault_error(BigFile *file, blk_t blk, int err,
                                 const char *what)
 {
     (void)what;

@@ -5,16 +5,20 @@ gives ``loadblk`` and ``storeblk``.  `BigFile.fileh_open` opens a `BigFileH`
 with its own page cache; `BigFileH.mmap` maps pages of it as a `VMA`, which
 exports the buffer protocol (``numpy.frombuffer(vma)``).  Pages come from a
 `RAM` with a capacity; writes are tracked per page and written out with
-`BigFileH.dirty_writeout`.  See DESIGN.md, "The virtual-memory core".
+`BigFileH.dirty_writeout`.  A page fault that cannot be served raises
+`PageFaultError` in the thread that touched the memory.  See DESIGN.md, "The virtual-memory core".
 """
 
 from zbigarray.bigfile._bigfile import (
+    FAULT_ABORT_ENV,
     RAM,
     VMA,
     WRITEOUT_MARKSTORED,
     WRITEOUT_STORE,
     BigFile,
     BigFileH,
+    PageFaultError,
+    PageFaultMemoryError,
     ram_default,
     ram_parse_size,
     ram_reclaim,
@@ -25,6 +29,9 @@ __all__ = [
     "BigFileH",
     "VMA",
     "RAM",
+    "PageFaultError",
+    "PageFaultMemoryError",
+    "FAULT_ABORT_ENV",
     "WRITEOUT_STORE",
     "WRITEOUT_MARKSTORED",
     "ram_reclaim",

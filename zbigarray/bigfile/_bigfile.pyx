@@ -23,11 +23,18 @@ from libc.stdint cimport SIZE_MAX, uint64_t
 from zbigarray.bigfile cimport virtmem as virt
 from zbigarray.bigfile._blkbuf cimport fill_byte_view
 from zbigarray.bigfile._errors cimport check as _check, u64_arg as _u64
-from zbigarray.bigfile._pyfile cimport PyBigFile, fault_error, gil_hooks, pyfile_ops
+from zbigarray.bigfile._pyfile cimport (PyBigFile, fault_error, gil_hooks, pyfile_ops,
+                                        set_fault_state_calls)
 
 import operator
 import os
 import weakref
+
+from zbigarray.bigfile._pyfile import FAULT_ABORT_ENV, PageFaultError, PageFaultMemoryError
+
+
+cdef extern from "<errno.h>":
+    int ENOTRECOVERABLE     # not in Cython's libc.errno
 
 
 cdef extern from "Python.h":
@@ -46,6 +53,7 @@ cdef size_t _pagesize = virt.virt_os_pagesize()
 
 virt.virt_set_gil_hooks(gil_hooks())
 virt.virt_set_fault_error_handler(fault_error)
+set_fault_state_calls(virt.virt_fault_failing, virt.virt_fault_reported)
 
 
 # ----------------------------------------------------------------------- RAM
@@ -271,12 +279,22 @@ cdef class BigFile:
             raise ValueError(f"mmap_fd must be an open file descriptor or None, got {n}")
         self._c.mmap_fd = n
 
+    #: How many blocks this file can address (blocks ``0 .. nblk_max-1``), or
+    #: None for no limit.  `BigFileH.mmap` refuses pages beyond it, so that a
+    #: range the backend cannot serve fails where it is made, not at the
+    #: first touch.
+    nblk_max = None
+
     def loadblk(self, blk, buf):
         """Fill `buf` (a writable memoryview of `blksize` bytes) with block `blk`.
 
         `buf` is valid only during the call.  Runs inside the page fault of the
-        thread that touched the block: an exception here is fatal (the process
-        aborts after printing it), as an I/O error on an mmapped file is.
+        thread that touched the block, which gets what this raises as the
+        ``__cause__`` of a `PageFaultError` (`KeyboardInterrupt` and
+        `SystemExit` as themselves) once it runs Python code again; the block
+        is not cached and is loaded again when touched again.  In a thread
+        with no Python thread state, or with ``$ZBIGARRAY_FAULT_ABORT`` set,
+        the process aborts after printing it instead.
         """
         raise NotImplementedError(f"{type(self).__name__}.loadblk")
 
@@ -375,6 +393,10 @@ cdef class BigFileH:
             raise ValueError(f"{what}: pglen must be > 0")
         if <object>off + <object>n - 1 > 0xFFFF_FFFF_FFFF_FFFF:
             raise OverflowError(f"{what}: the range does not fit 64 bits")
+        nblk_max = self.file.nblk_max
+        if nblk_max is not None and <object>off + <object>n > nblk_max:
+            raise OverflowError(f"{what}: {self.file!r} addresses blocks below "
+                                f"{nblk_max} only")
         err = virt.fileh_mmap(&cvma, c, off, n)
         if err == -EOVERFLOW:
             raise OverflowError(f"{what}: the range does not fit the address space")
@@ -400,6 +422,9 @@ cdef class BigFileH:
             `flags` has neither bit, or unknown bits.
         RuntimeError
             A writeout of this handle is already running.
+        PageFaultError
+            A page fault of this handle failed since its last
+            `dirty_discard` (see `fault_failed`): nothing was written.
         Exception
             Whatever storeblk raised (the pages then stay dirty).
         """
@@ -417,15 +442,28 @@ cdef class BigFileH:
             raise exc
         if err == -EBUSY:
             raise RuntimeError(f"dirty_writeout({flags!r}): writeout already in progress")
+        if err == -ENOTRECOVERABLE:
+            raise PageFaultError(
+                f"dirty_writeout({flags!r}): a page fault of {self!r} failed, so its "
+                "dirty pages may hold values computed from a stand-in; call "
+                "dirty_discard() (and redo the changes) before writing out")
         _check(err, f"dirty_writeout({flags!r})")
 
     def dirty_discard(self):
-        """Drop every dirty page; the next touch reloads it from the file."""
+        """Drop every dirty page; the next touch reloads it from the file.
+        Clears `fault_failed`."""
         cdef virt.BigFileH *c = self._handle("dirty_discard()")
         err = virt.fileh_dirty_discard(c)
         if err == -EBUSY:
             raise RuntimeError("dirty_discard(): writeout in progress")
         _check(err, "dirty_discard()")
+
+    @property
+    def fault_failed(self):
+        """Whether a page fault of this handle failed (a `PageFaultError`)
+        since it was opened or last discarded; `dirty_writeout` refuses
+        while it holds."""
+        return bool(virt.fileh_fault_failed(self._handle("fault_failed")))
 
     def isdirty(self):
         """Whether any page was written since the last writeout or discard."""

@@ -18,4 +18,6 @@ cdef struct PyBigFile:
 
 cdef const virt.BigFileOps *pyfile_ops()
 cdef const virt.VirtGilHooks *gil_hooks()
-cdef void fault_error(virt.BigFile *cf, virt.blk_t blk, int err, const char *what) noexcept with gil
+cdef int fault_error(virt.BigFile *cf, virt.blk_t blk, int err, const char *what) noexcept nogil
+cdef void set_fault_state_calls(int (*failing)() noexcept nogil,
+                                void (*reported)() noexcept nogil) noexcept

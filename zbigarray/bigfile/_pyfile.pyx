@@ -6,14 +6,15 @@
   exception (nothing may end up as an "unraisable exception"), and lend the
   block through _blkbuf.
 - The GIL hooks that let the core wait for a page another thread is loading.
-- The failure policy of a page fault that cannot be served.
+- The failure policy of a page fault that cannot be served: the faulting
+  thread gets a Python exception (PageFaultError), or the process stops.
 
 _bigfile installs all three into the core when it is imported.
 """
 
 from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport PyObject, Py_DECREF
-from libc.errno cimport EIO, ENODATA
+from libc.errno cimport EIO, ENODATA, ENOMEM
 from libc.stdint cimport UINT64_MAX, uint64_t
 from posix.stat cimport S_ISREG, fstat, struct_stat as stat_t
 from libc.stdio cimport fflush, fprintf, stderr
@@ -23,7 +24,9 @@ from libc.string cimport strerror
 from zbigarray.bigfile cimport virtmem as virt
 from zbigarray.bigfile._blkbuf cimport _BlkBuf, blkbuf_new
 
+import os
 import sys
+import threading
 import traceback
 
 
@@ -32,6 +35,10 @@ cdef extern from "Python.h":
     PyThreadState *PyEval_SaveThread() nogil
     void PyEval_RestoreThread(PyThreadState *tstate) nogil
     int PyGILState_Check() nogil
+    PyThreadState *PyGILState_GetThisThreadState() nogil
+    int PyThreadState_SetAsyncExc(unsigned long id, object exc)
+    int Py_AddPendingCall(int (*func)(void *) noexcept, void *arg)
+    void PyErr_SetObject(object type, object value)
 
 
 # ---------------------------------------------------------------- trampolines
@@ -44,7 +51,9 @@ cdef int _pyfile_loadblk(virt.BigFile *cf, virt.blk_t blk, void *buf) noexcept w
         blkbuf.lend(owner.loadblk, blk)
         return blkbuf.settle()
     except BaseException as exc:
-        _report_loadblk_failure(owner, blk, exc)
+        # Raised in the faulting thread by the failure policy (fault_error),
+        # which the core calls next.
+        _loadblk_errors[PyThread_get_thread_ident()] = exc
         return _failed(blkbuf)
 
 
@@ -118,21 +127,202 @@ cdef const virt.BigFileOps *pyfile_ops():
 
 # --------------------------------------------------- failure policy of faults
 #
-# A failed loadblk runs inside a page fault: there is no Python caller to raise
-# into.  The policy (issue 2) is the one the kernel applies to an unreadable
-# mmapped file: a fatal error.  _report_loadblk_failure prints what failed and
-# the Python traceback; the core then calls fault_error, which aborts.  Turning
-# this into a Python exception later means changing these two functions (and
-# keeping views the failed loadblk kept from aliasing the dropped page, as
-# _pyfile_storeblk does).
+# A page fault that cannot be served has no Python caller to raise into: it
+# happens inside whatever machine code touched the memory.  The policy: the
+# core completes the access on a stand-in (zero memory that is never taken
+# for the page, see virtmem.h) and the faulting thread gets the exception the
+# way CPython delivers asynchronous events (signals): at the interpreter's
+# next check in that thread, which comes right after the C call that touched
+# the memory returns, or at the next call, loop iteration or function entry.
+# - The main thread: a pending call (Py_AddPendingCall), which the
+#   interpreter runs in the main thread only and which raises the prepared
+#   exception as it is.
+# - Other threads: the asynchronous-exception slot of the thread
+#   (PyThreadState_SetAsyncExc).  It takes a class, which the interpreter
+#   instantiates with no arguments: the class's __new__ returns the prepared
+#   exception.
+# Either way, raising it tells the core that the failure is reported, which
+# removes the thread's stand-ins.  Until then the thread is "failing": the core
+# serves its faults that need a load with stand-ins without calling loadblk,
+# so no Python code runs that could receive the exception early.
+#
+# A thread with no Python thread state (a C or BLAS worker) has nothing to
+# raise into; there, and everywhere when $ZBIGARRAY_FAULT_ABORT is set, the
+# failure stops the process with a report, as the kernel stops a program
+# whose mmapped file cannot be read.
 
-cdef void _report_loadblk_failure(owner, virt.blk_t blk, BaseException exc) noexcept:
+FAULT_ABORT_ENV = "ZBIGARRAY_FAULT_ABORT"
+
+cdef bint _fail_stop_always = os.environ.get(FAULT_ABORT_ENV, "") not in ("", "0")
+
+# thread ident -> what loadblk raised, until fault_error takes it
+cdef dict _loadblk_errors = {}
+# thread ident -> the exception to raise in that thread, until it arrives
+cdef dict _pending = {}
+
+
+class PageFaultError(RuntimeError):
+    """A page fault could not be served.
+
+    Raised in the thread that touched the memory, as soon as it runs Python
+    code again, when loading a block failed (``__cause__`` is what `loadblk`
+    raised; the message names the file and the block) or no page memory
+    could be had.  Until then the machine code that touched the memory saw
+    zeros, which never reach the file: the page was not cached, writes to it
+    were dropped, and the file handle refuses `BigFileH.dirty_writeout`
+    (a transactional handle's transaction cannot commit) until its dirty
+    pages are discarded.  Touching the page again retries the load.
+    """
+
+    def __new__(cls, *args, **kwargs):
+        if not args and not kwargs:
+            # Instantiated with no arguments by the interpreter, to raise the
+            # exception a failed fault of this thread prepared.
+            arrived = _arrival()
+            if arrived is not None:
+                return arrived
+        return super().__new__(cls, *args, **kwargs)
+
+    def __init__(self, *args):
+        if args:        # not for an arrived exception: keep its message
+            super().__init__(*args)
+
+
+class PageFaultMemoryError(PageFaultError, MemoryError):
+    """A page fault found the RAM full of pages it cannot reclaim (dirty, or
+    being loaded by this thread); the message names the capacity."""
+
+
+# Shown where users meet them (tracebacks, reprs).
+PageFaultError.__module__ = PageFaultMemoryError.__module__ = "zbigarray.bigfile"
+
+
+class _KeyboardInterruptArrival(KeyboardInterrupt):
+    # Delivers a KeyboardInterrupt raised inside loadblk (Ctrl-C while a
+    # block loads) as itself.
+    def __new__(cls, *args):
+        arrived = _arrival()
+        return arrived if arrived is not None else KeyboardInterrupt()
+
+
+class _SystemExitArrival(SystemExit):
+    def __new__(cls, *args):
+        arrived = _arrival()
+        return arrived if arrived is not None else SystemExit()
+
+
+# The core's virt_fault_failing and virt_fault_reported, given by _bigfile:
+# this module must not link the core itself, or a second copy of its state
+# would be loaded (see setup.py).
+cdef int  (*_fault_failing)() noexcept nogil
+cdef void (*_fault_reported)() noexcept nogil
+
+cdef void set_fault_state_calls(int (*failing)() noexcept nogil,
+                                void (*reported)() noexcept nogil) noexcept:
+    global _fault_failing, _fault_reported
+    _fault_failing = failing
+    _fault_reported = reported
+
+
+cdef object _arrival():
+    """The exception prepared for this thread, which is raising it now; the
+    core removes the thread's stand-ins.  None if there is none."""
+    ident = PyThread_get_thread_ident()
+    exc = _pending.pop(ident, None)
+    if not _fault_failing():
+        return None         # a stale entry (its thread exited): not ours
+    _fault_reported()
+    return exc
+
+
+cdef object _fault_exception(owner, virt.blk_t blk, int err, str what, cause):
+    """The exception a failed fault on block @blk of @owner raises."""
+    where = f"block {blk} of {_safe_repr(owner)}"
+    if isinstance(cause, (KeyboardInterrupt, SystemExit)):
+        if hasattr(cause, "add_note"):
+            cause.add_note(f"(raised by loadblk of {where}, inside a page fault)")
+        return cause
+    if cause is not None:
+        exc = PageFaultError(f"page fault: loading {where} failed: "
+                             f"{type(cause).__name__}: {cause}")
+        exc.__cause__ = cause
+    elif err == -ENOMEM:
+        exc = PageFaultMemoryError(f"page fault on {where}: {what}")
+    else:
+        exc = PageFaultError(f"page fault on {where}: {what}: {os.strerror(-err)}")
+    return exc
+
+
+cdef int _raise_in_main_thread(void *arg) noexcept with gil:
+    # The pending call: runs in the main thread at the interpreter's check.
+    exc = _arrival()
+    if exc is None:
+        return 0
+    PyErr_SetObject(type(exc), exc)
+    return -1
+
+
+cdef object _arrival_class(exc):
+    if isinstance(exc, KeyboardInterrupt):
+        return _KeyboardInterruptArrival
+    if isinstance(exc, SystemExit):
+        return _SystemExitArrival
+    return PageFaultError
+
+
+cdef int fault_error(virt.BigFile *cf, virt.blk_t blk, int err, const char *what) noexcept nogil:
+    """The core's virt_fault_error_fn: have the exception raised in this
+    thread and return VIRT_FAULT_STANDIN, or stop the process."""
+    if _fail_stop_always or PyGILState_GetThisThreadState() == NULL:
+        _fail_stop(cf, blk, err, what)
+    return _prepare_exception(cf, blk, err, what)
+
+
+cdef int _prepare_exception(virt.BigFile *cf, virt.blk_t blk, int err,
+                            const char *what) noexcept with gil:
+    ident = PyThread_get_thread_ident()
     try:
-        sys.stderr.write(f"zbigarray: loadblk(blk={blk}) of {_safe_repr(owner)} failed:\n")
-        traceback.print_exception(exc)
-        sys.stderr.flush()
+        cause = _loadblk_errors.pop(ident, None)
+        if _fault_failing():
+            # A failure that follows from the one still to be raised (e.g.
+            # loadblk read a stand-in): that one tells what went wrong.
+            return virt.VIRT_FAULT_STANDIN
+        owner = <object>(<PyBigFile *>cf).owner
+        exc = _fault_exception(owner, blk, err, what.decode("utf-8", "replace"), cause)
+        _pending[ident] = exc
+        if ident == threading.main_thread().ident:
+            if Py_AddPendingCall(_raise_in_main_thread, NULL) == 0:
+                return virt.VIRT_FAULT_STANDIN
+        if PyThreadState_SetAsyncExc(ident, _arrival_class(exc)) != 1:
+            del _pending[ident]
+            raise RuntimeError("cannot deliver the exception to the faulting thread")
+        return virt.VIRT_FAULT_STANDIN
     except BaseException:
-        pass    # stderr unusable; fault_error still prints through C stdio
+        pass
+    _fail_stop(cf, blk, err, what)
+    return 0    # not reached
+
+
+cdef void _fail_stop(virt.BigFile *cf, virt.blk_t blk, int err, const char *what) noexcept with gil:
+    """Say what failed (with loadblk's traceback), then abort()."""
+    cdef bytes where = b""
+    try:
+        cause = _loadblk_errors.pop(PyThread_get_thread_ident(), None)
+        owner = <object>(<PyBigFile *>cf).owner
+        where = f"file {_safe_repr(owner)}, ".encode("utf-8", "replace")
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+        if cause is not None:
+            sys.stderr.write(f"zbigarray: loadblk(blk={blk}) of {_safe_repr(owner)} failed:\n")
+            traceback.print_exception(cause)
+            sys.stderr.flush()
+    except BaseException:
+        pass    # stderr unusable; the C message below still goes out
+    fprintf(stderr, "zbigarray: page fault cannot be served: %s (%sblk %llu): %s\n",
+            what, <char *>where, <unsigned long long>blk, strerror(-err))
+    fflush(stderr)
+    abort()
 
 
 cdef str _safe_repr(obj):
@@ -140,24 +330,6 @@ cdef str _safe_repr(obj):
         return repr(obj)
     except BaseException:
         return f"<{type(obj).__name__} object at {id(obj):#x}>"
-
-
-cdef void fault_error(virt.BigFile *cf, virt.blk_t blk, int err, const char *what) noexcept with gil:
-    """The core's virt_fault_error_fn: say what failed, then abort()."""
-    cdef bytes where = b""
-    try:
-        if cf != NULL:
-            where = f"file {_safe_repr(<object>(<PyBigFile *>cf).owner)}, ".encode(
-                "utf-8", "replace")
-        for stream in (sys.stdout, sys.stderr):
-            if stream is not None:
-                stream.flush()
-    except BaseException:
-        pass
-    fprintf(stderr, "zbigarray: page fault cannot be served: %s (%sblk %llu): %s\n",
-            what, <char *>where, <unsigned long long>blk, strerror(-err))
-    fflush(stderr)
-    abort()
 
 
 # ------------------------------------------------------------------ GIL hooks

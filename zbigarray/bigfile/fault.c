@@ -15,9 +15,11 @@
  *
  * Failure policy: a fault has no caller to report to.  If it cannot be served
  * (loadblk failed, RAM full of dirty pages, the OS refused a mapping) the
- * fault error handler runs and must not return; by default it prints what
- * failed and aborts, as the kernel kills a program whose mmapped file cannot
- * be read.  The Python layer installs one that prints the traceback first. */
+ * fault error handler decides (virtmem.h, virt_fault_error_fn): fail-stop,
+ * or have the failure reported to the thread later and let the faulting
+ * instruction complete on a stand-in -- private zero memory that is never
+ * cached as the page, shown only until the thread reports its failure.  The
+ * Python layer raises an exception in the faulting thread that way. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <signal.h>
@@ -43,7 +45,19 @@ static __thread int       fault_chaining;
 /* Loads this thread has in flight (nested when loadblk touches a mapping). */
 static __thread size_t    fault_nloading_mine;
 
-static void fault_error_default(BigFile *file, blk_t blk, int err, const char *what)
+/* Per thread: a failure not yet reported (virt_fault_reported), and how many
+ * failures the thread ever had: a loader compares the count before and after
+ * loadblk, since a fault that failed inside loadblk means loadblk may have
+ * read a stand-in. */
+static __thread int       fault_failing;
+static __thread uint64_t  fault_nfailed;
+
+/* Set (non-NULL) while this thread is failing: its destructor removes the
+ * stand-ins of a thread that exits before reporting. */
+static pthread_key_t      fault_exit_key;
+static int                fault_exit_key_ok;
+
+static int fault_error_default(BigFile *file, blk_t blk, int err, const char *what)
 {
     fprintf(stderr, "zbigarray: page fault cannot be served: %s "
             "(file %p, blk %llu): %s\n",
@@ -58,24 +72,193 @@ void virt_set_fault_error_handler(virt_fault_error_fn fn)
     fault_error = fn ? fn : fault_error_default;
 }
 
-/* Never returns. */
-static void fault_fail(BigFile *file, blk_t blk, int err, const char *what)
+/* ---------------------------------------------------------------- stand-ins */
+
+/* Private zero memory shown at block @blk of @vma in place of a page that
+ * could not be served, until thread @owner reports its failure. */
+typedef struct StandIn {
+    VMA       *vma;
+    blk_t      blk;
+    pthread_t  owner;
+    ListHead   in_all;      /* fault_standins */
+} StandIn;
+
+/* Every stand-in shown now: one per failed fault until reported, so few. */
+static ListHead fault_standins = { &fault_standins, &fault_standins };
+
+static void *fault_standin_addr(const StandIn *s)
 {
-    fault_error(file, blk, err, what);
-    fault_error_default(file, blk, err, what);   /* a handler that returned */
+    return (void *)(s->vma->addr_start +
+                    (uintptr_t)(s->blk - s->vma->pgoffset) * s->vma->fileh->file->blksize);
 }
 
-/* Never returns.  Called unlocked. */
-static void fault_fail_nomem(BigFileH *fileh, BigFile *file, blk_t blk, int err)
+/* Show a stand-in at @blk of @vma.  Locked.  -errno of mmap (the block's
+ * range is then reserved again) or -ENOMEM. */
+static int fault_standin_map(VMA *vma, blk_t blk)
 {
-    RAMStats st;
-    char what[192];
-    ram_get_stats(fileh->ram, &st);
+    size_t blksize = vma->fileh->file->blksize;
+    StandIn *s = malloc(sizeof *s);
+    if (!s)
+        return -ENOMEM;
+    s->vma = vma;
+    s->blk = blk;
+    s->owner = pthread_self();
+    void *addr = fault_standin_addr(s);
+    /* Writable too: the faulting access may be a write; what it writes is
+     * lost with the stand-in, which is why the handle is marked failed. */
+    if (mmap(addr, blksize, PROT_READ | PROT_WRITE,
+             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) == MAP_FAILED) {
+        int err = -errno;
+        free(s);
+        /* A failed MAP_FIXED may have left the range unmapped. */
+        BUG_ON(virt__reserve_at(addr, blksize) != 0);
+        return err;
+    }
+    list_add(&s->in_all, &fault_standins);
+    vma->fileh->fault_failed = 1;
+    return 0;
+}
+
+/* Remove the stand-ins of @owner: their ranges become reservations again,
+ * so that the next touch faults and loads.  Locked.  Fatal if the OS refuses
+ * (at the vm.max_map_count limit): a stand-in left in place would be taken
+ * for data. */
+static void fault_standins_drop(pthread_t owner)
+{
+    ListHead *pos, *tmp;
+    list_for_each_safe(pos, tmp, &fault_standins) {
+        StandIn *s = list_entry(pos, StandIn, in_all);
+        if (!pthread_equal(s->owner, owner))
+            continue;
+        int err = virt__reserve_at(fault_standin_addr(s), s->vma->fileh->file->blksize);
+        if (err) {
+            fprintf(stderr, "zbigarray: cannot remove the stand-in of a failed page "
+                    "fault: %s (too many mappings? see /proc/sys/vm/max_map_count)\n",
+                    strerror(-err));
+            abort();
+        }
+        list_del(&s->in_all);
+        free(s);
+    }
+}
+
+void fault__forget_vma(VMA *vma)
+{
+    ListHead *pos, *tmp;
+    list_for_each_safe(pos, tmp, &fault_standins) {
+        StandIn *s = list_entry(pos, StandIn, in_all);
+        if (s->vma == vma) {
+            list_del(&s->in_all);
+            free(s);
+        }
+    }
+}
+
+void fault__forget_all_in_child(void)
+{
+    ListHead *pos, *tmp;
+    list_for_each_safe(pos, tmp, &fault_standins) {
+        list_del(pos);
+        free(list_entry(pos, StandIn, in_all));
+    }
+}
+
+static void fault_on_thread_exit(void *failing)
+{
+    (void)failing;
+    virt_lock();
+    fault_standins_drop(pthread_self());
+    virt_unlock();
+}
+
+void virt_fault_reported(void)
+{
+    if (!fault_failing)
+        return;
+    virt_lock();
+    fault_standins_drop(pthread_self());
+    virt_unlock();
+    fault_failing = 0;
+    if (fault_exit_key_ok)
+        (void)pthread_setspecific(fault_exit_key, NULL);
+}
+
+int virt_fault_failing(void)
+{
+    return fault_failing;
+}
+
+/* ------------------------------------------------------------------ failures */
+
+/* Run the failure policy for block @blk of @file (unlocked).  Returns only
+ * if it chose a stand-in: this thread is then failing. */
+static void fault_report(BigFile *file, blk_t blk, int err, const char *what)
+{
+    if (fault_error(file, blk, err, what) != VIRT_FAULT_STANDIN)
+        fault_error_default(file, blk, err, what);   /* a handler that returned otherwise */
+    fault_nfailed++;
+    if (!fault_failing) {
+        fault_failing = 1;
+        /* Without the key (pthread_key_create failed) a thread exiting while
+         * failing leaves its stand-ins until their VMA goes. */
+        if (fault_exit_key_ok)
+            (void)pthread_setspecific(fault_exit_key, (void *)1);
+    }
+}
+
+/* The fault on block @blk of @fileh failed with @err.  Called locked with
+ * @fileh pinned (npinned, so that a concurrent close cannot free it and let
+ * its file go while the policy looks at it); returns locked, still pinned,
+ * only if the policy chose a stand-in. */
+static void fault_fail_pinned(BigFileH *fileh, blk_t blk, int err, const char *what)
+{
+    BigFile *file = fileh->file;
+    fileh->fault_failed = 1;
+    virt_unlock();
+    fault_report(file, blk, err, what);
+    virt__lock_in_fault();
+}
+
+static void fault_unpin(BigFileH *fileh)
+{
+    BigFile *file = fileh->file;
+    fileh->npinned--;
+    if (fileh__maybe_free(fileh)) {
+        virt_unlock();
+        virt__release_file(file);
+        virt__lock_in_fault();
+    }
+}
+
+static void fault_fail(BigFileH *fileh, blk_t blk, int err, const char *what)
+{
+    fileh->npinned++;
+    fault_fail_pinned(fileh, blk, err, what);
+    fault_unpin(fileh);
+}
+
+/* RAM full of pages that cannot be reclaimed.  Locked. */
+static void fault_fail_nomem(BigFileH *fileh, blk_t blk, int err)
+{
+    RAM *ram = fileh->ram;
+    char what[224];
     snprintf(what, sizeof what,
              "no RAM for a new page: capacity %zu bytes, %zu in use by "
-             "dirty or loading pages (write out or raise ZBIGARRAY_RAM_MAX)",
-             st.capacity, st.used);
-    fault_fail(file, blk, err, what);
+             "dirty or loading pages (write out, or raise ZBIGARRAY_RAM_MAX)",
+             ram->capacity, ram->used + ram->direct);
+    fault_fail(fileh, blk, err, what);
+}
+
+/* Serve the fault at @blk of @vma with a stand-in.  Locked; returns
+ * unlocked. */
+static int fault_serve_standin(VMA *vma, blk_t blk)
+{
+    BigFile *file = vma->fileh->file;
+    int err = fault_standin_map(vma, blk);
+    virt_unlock();
+    if (err)
+        fault_error_default(file, blk, err, "cannot map a stand-in for a failed page");
+    return FAULT_HANDLED;
 }
 
 /* page__map_into, making room when the kernel refuses a mapping for lack of
@@ -99,6 +282,8 @@ static int fault_map(Page *page, VMA *vma, int writable)
  * write).  Runs unlocked; takes the lock itself. */
 static int fault_serve(uintptr_t addr, int write)
 {
+    int map_failed = 0;     /* mapping the page failed: a stand-in instead */
+
     virt__lock_in_fault();
     for (;;) {
         VMA *vma = vma__lookup(addr);
@@ -112,6 +297,12 @@ static int fault_serve(uintptr_t addr, int write)
         blk_t     blk = vma->pgoffset + (addr - vma->addr_start) / blksize;
         Page     *page = pagemap_get(&fileh->pagemap, blk);
         int       err, just_made = 0;   /* page allocated by this iteration */
+
+        if (fault_failing && (map_failed || !page || page->state == PAGE_LOADING)) {
+            /* What this thread computes now is thrown away when its failure
+             * is reported: no load, no wait, for it. */
+            return fault_serve_standin(vma, blk);
+        }
 
         if (!page) {
             /* Zero-copy when the backend can name the block's place in an OS
@@ -129,8 +320,8 @@ static int fault_serve(uintptr_t addr, int write)
                 continue;
             }
             if (err) {
-                virt_unlock();
-                fault_fail_nomem(fileh, file, blk, err);
+                fault_fail_nomem(fileh, blk, err);
+                continue;       /* failing now: a stand-in */
             }
             just_made = 1;
         }
@@ -140,6 +331,7 @@ static int fault_serve(uintptr_t addr, int write)
              * shows: nobody can see the page half-filled. */
             void *buf = NULL;
             int own = 0, r = 0, fresh = page->fresh;
+            uint64_t nfailed = fault_nfailed;
             err = page__buf_get(page, 1, &buf, &own);
             for (int tries = 0; err == -ENOMEM && tries < 8; tries++) {
                 /* Out of map entries (see fault_map); a LOADING page is
@@ -159,19 +351,21 @@ static int fault_serve(uintptr_t addr, int write)
             virt__lock_in_fault();
             if (!err)
                 err = page__buf_put(page, buf, own, r);
+            /* A fault of this thread failed during loadblk: loadblk may
+             * have read a stand-in, so what it loaded is not data. */
+            int nested = fault_nfailed != nfailed;
 
-            if (err || page->invalidated || fileh->closed) {
+            if (err || nested || page->invalidated || fileh->closed) {
+                fileh->npinned++;
                 page__abandon_load(page);
-                int freed = fileh__maybe_free(fileh);
                 virt__loads_changed();
-                virt_unlock();
-                if (freed)
-                    virt__release_file(file);
-                if (err)
-                    fault_fail(file, blk, err, r != 0 ? "loadblk failed"
-                                                      : "cannot map page memory for loading");
-                virt__lock_in_fault();
-                continue;      /* invalidated: load again (or not ours now) */
+                if (err || nested)
+                    fault_fail_pinned(fileh, blk, err ? err : -EIO,
+                                      err == 0 ? "loadblk read memory whose page fault failed" :
+                                      r != 0 ? "loadblk failed" :
+                                               "cannot map page memory for loading");
+                fault_unpin(fileh);
+                continue;      /* a stand-in if failing; else load again (or not ours now) */
             }
             page__finish_load(page);
             virt__loads_changed();
@@ -180,9 +374,8 @@ static int fault_serve(uintptr_t addr, int write)
 
         if (page->state == PAGE_LOADING) {
             if (pthread_equal(page->loader, pthread_self())) {
-                virt_unlock();
-                fault_fail(file, blk, -EDEADLK,
-                           "loadblk touched the block it is loading");
+                fault_fail(fileh, blk, -EDEADLK, "loadblk touched the block it is loading");
+                continue;      /* failing now: a stand-in */
             }
             virt__wait_loads();
             continue;
@@ -244,12 +437,18 @@ static int fault_serve(uintptr_t addr, int write)
 
         if (write && page->state == PAGE_LOADED)
             page__mark_dirty(page);
+        if (write && fault_failing) {
+            /* A computation to be thrown away writes here: its values may
+             * come from a stand-in. */
+            fileh->fault_failed = 1;
+        }
         page__touch(page);
         err = fault_map(page, vma, write);
         if (err) {
-            virt_unlock();
-            fault_fail(file, blk, err, "cannot map the page (mmap failed; "
+            fault_fail(fileh, blk, err, "cannot map the page (mmap failed; "
                        "too many mappings? see /proc/sys/vm/max_map_count)");
+            map_failed = 1;
+            continue;          /* failing now: a stand-in */
         }
         virt_unlock();
         return FAULT_HANDLED;
@@ -313,6 +512,8 @@ int virt_install_fault_handler(void)
     int err = 0;
 
     BUG_ON(pthread_mutex_lock(&fault_install_mutex) != 0);
+    if (!fault_exit_key_ok)
+        fault_exit_key_ok = pthread_key_create(&fault_exit_key, fault_on_thread_exit) == 0;
     if (sigaction(SIGSEGV, NULL, &cur) != 0) {
         err = -errno;
     } else if (!((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == fault_on_sigsegv)) {

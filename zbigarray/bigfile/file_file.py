@@ -73,6 +73,12 @@ class BigFile_File(BigFile):
             self.mmap_fd = self._fd
 
     @property
+    def nblk_max(self) -> int:
+        """Blocks addressable through file offsets (which end at 2**63)."""
+        # preadv/pwrite refuse ranges that end past the largest off_t.
+        return (2**63 - 1) // self.blksize
+
+    @property
     def fd(self) -> int:
         """The OS file descriptor, -1 once closed."""
         return self._fd
@@ -80,8 +86,8 @@ class BigFile_File(BigFile):
     def close(self) -> None:
         """Close the file if this object opened it (idempotent).
 
-        Loading a block afterwards fails, which is fatal inside a page fault:
-        close the file handles first.
+        Loading a block afterwards fails: a page fault that needs one raises
+        `PageFaultError` (close the file handles first).
         """
         self.mmap_fd = None     # before the number can be reused
         if self._close is not None:

@@ -49,7 +49,7 @@ RAM     *fileh_ram(BigFileH *fileh)  { return fileh->ram; }
 
 int fileh__maybe_free(BigFileH *fileh)
 {
-    if (!fileh->closed || fileh->nloading || fileh->writeout_running)
+    if (!fileh->closed || fileh->nloading || fileh->npinned || fileh->writeout_running)
         return 0;
     BUG_ON(fileh->pagemap.count != 0 || fileh->nvma != 0);
     list_del(&fileh->in_all);
@@ -184,8 +184,8 @@ int fileh_dirty_writeout(BigFileH *fileh, int flags)
         return -EINVAL;
 
     virt_lock();
-    if (fileh->writeout_running || fileh->closed) {
-        err = fileh->closed ? -EBADF : -EBUSY;
+    if (fileh->writeout_running || fileh->closed || fileh->fault_failed) {
+        err = fileh->closed ? -EBADF : fileh->writeout_running ? -EBUSY : -ENOTRECOVERABLE;
         virt_unlock();
         return err;
     }
@@ -217,6 +217,8 @@ int fileh_dirty_discard(BigFileH *fileh)
     }
     list_for_each_safe(pos, tmp, &fileh->dirty)
         page__drop(list_entry(pos, Page, dirty));
+    /* Whatever a failed fault's stand-in fed into dirty pages is gone now. */
+    fileh->fault_failed = 0;
     virt_unlock();
     return 0;
 }
@@ -240,6 +242,14 @@ int fileh_invalidate_page(BigFileH *fileh, blk_t pgoffset)
     }
     virt_unlock();
     return err;
+}
+
+int fileh_fault_failed(BigFileH *fileh)
+{
+    virt_lock();
+    int failed = fileh->fault_failed;
+    virt_unlock();
+    return failed;
 }
 
 int fileh_isdirty(BigFileH *fileh)

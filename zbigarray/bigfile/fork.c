@@ -46,6 +46,7 @@ static void fork_forget_pages(BigFileH *fileh)
     list_init(&fileh->dirty);
     fileh->ndirty = 0;
     fileh->nloading = 0;          /* the loading threads do not exist here */
+    fileh->npinned = 0;
     fileh->writeout_running = 0;
 }
 
@@ -77,6 +78,7 @@ static void fork_child(void)
          * handler. */
         (void)ram__reset_in_child(ram);
     }
+    fault__forget_all_in_child();
     virt__loads_reinit();
     virt_unlock();
 }

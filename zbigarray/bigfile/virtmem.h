@@ -111,7 +111,9 @@ void ram_decref(RAM *ram);
 int  ram_default(RAM **out);
 
 /* Default capacity when $ZBIGARRAY_RAM_MAX is unset: a quarter of physical
- * memory, so that the rest of the program keeps room. */
+ * memory, or of the cgroup memory limit (v2 memory.max, v1
+ * memory.limit_in_bytes, of this process's cgroup and its parents) when that
+ * is lower, so that the rest of the program keeps room. */
 size_t ram_default_capacity(void);
 
 /* Parse "123", "64K", "64M", "2G", "1T" (binary units, optional trailing "B"
@@ -170,11 +172,12 @@ int  fileh_mmap(VMA **out, BigFileH *fileh, blk_t pgoffset, blk_t pglen);
  * dirty).  WRITEOUT_MARKSTORED: dirty pages become clean and are
  * write-protected again.  Both: mark stored only if every store succeeded.
  * -EINVAL: neither or unknown bits; -EBUSY: a writeout of @fileh is already
- * running (e.g. called from storeblk). */
+ * running (e.g. called from storeblk); -ENOTRECOVERABLE: a fault of @fileh
+ * failed (fileh_fault_failed), nothing was written. */
 int  fileh_dirty_writeout(BigFileH *fileh, int flags);
 
-/* Drop every dirty page; the next touch reloads from the file.
- * -EBUSY while a writeout of @fileh runs. */
+/* Drop every dirty page; the next touch reloads from the file.  Clears
+ * fileh_fault_failed.  -EBUSY while a writeout of @fileh runs. */
 int  fileh_dirty_discard(BigFileH *fileh);
 
 /* The file changed at block @pgoffset: drop that page, or make the thread
@@ -223,14 +226,46 @@ typedef struct VirtGilHooks {
 } VirtGilHooks;
 void virt_set_gil_hooks(const VirtGilHooks *hooks);
 
-/* A page fault that cannot be served (loadblk failed with @err, or RAM is full
- * of dirty pages: -ENOMEM) has no caller to report to.  The policy is this
- * function; it must not return.  Default: print what failed to stderr and
- * abort(), as the kernel kills a program whose mmapped file cannot be read.
- * @file is NULL when the failure concerns no particular file. */
-typedef void (*virt_fault_error_fn)(BigFile *file, blk_t blk, int err,
-                                    const char *what);
+/* A page fault that cannot be served -- loadblk failed with @err, RAM is full
+ * of dirty pages (-ENOMEM), loadblk touched the block it is loading
+ * (-EDEADLK), the OS refused a mapping -- has no caller to return an error
+ * to.  The policy is this function, called unlocked in the faulting thread,
+ * for block @blk of @file (whose owner is alive during the call):
+ *
+ * - It may arrange for the failure to reach the thread some other way (a
+ *   Python exception raised when it returns to the interpreter) and return
+ *   VIRT_FAULT_STANDIN.  The core then maps a *stand-in* at the block's place
+ *   in the faulting VMA: private zero-filled memory, readable and writable,
+ *   so that the faulting instruction completes.  It is never data: the page
+ *   is not cached, writes to the stand-in are lost, and the handle is marked
+ *   failed (fileh_fault_failed) until fileh_dirty_discard.  Until the thread
+ *   calls virt_fault_reported() it is *failing*: its faults that need a load
+ *   or a new page are served with stand-ins too, without calling loadblk
+ *   (what it computes is thrown away), and every handle it dirties is marked
+ *   failed as well.
+ * - Or it does not return (fail-stop).
+ *
+ * Default: print what failed to stderr and abort(), as the kernel kills a
+ * program whose mmapped file cannot be read. */
+#define VIRT_FAULT_STANDIN 1
+typedef int (*virt_fault_error_fn)(BigFile *file, blk_t blk, int err,
+                                   const char *what);
 void virt_set_fault_error_handler(virt_fault_error_fn fn);
+
+/* The failing thread calling it has reported its failure (the exception was
+ * raised): its stand-ins are unmapped -- touching those addresses faults
+ * again and loads afresh -- and its faults are served normally again.  A
+ * no-op in a thread that is not failing.  A thread that exits while failing
+ * is cleaned up the same way. */
+void virt_fault_reported(void);
+
+/* Whether this thread is failing (see virt_fault_error_fn). */
+int  virt_fault_failing(void);
+
+/* Whether a fault of @fileh failed since its last fileh_dirty_discard (or
+ * since it was opened): its dirty pages may hold values computed from a
+ * stand-in, and fileh_dirty_writeout refuses (-ENOTRECOVERABLE). */
+int  fileh_fault_failed(BigFileH *fileh);
 
 #ifdef __cplusplus
 }

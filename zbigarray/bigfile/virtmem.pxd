@@ -70,6 +70,7 @@ cdef extern from "virtmem.h" nogil:
     int fileh_dirty_discard(BigFileH *fileh)
     int fileh_invalidate_page(BigFileH *fileh, blk_t pgoffset)
     int fileh_isdirty(BigFileH *fileh)
+    int fileh_fault_failed(BigFileH *fileh)
 
     ctypedef struct FileHStats:
         size_t   npages
@@ -96,6 +97,9 @@ cdef extern from "virtmem.h" nogil:
         void  (*retake)(void *token)
     void virt_set_gil_hooks(const VirtGilHooks *hooks)
 
-    ctypedef void (*virt_fault_error_fn)(BigFile *file, blk_t blk, int err,
-                                         const char *what)
+    int VIRT_FAULT_STANDIN
+    ctypedef int (*virt_fault_error_fn)(BigFile *file, blk_t blk, int err,
+                                        const char *what)
     void virt_set_fault_error_handler(virt_fault_error_fn fn)
+    void virt_fault_reported()
+    int  virt_fault_failing()

@@ -220,9 +220,11 @@ struct BigFileH {
     ListHead   dirty;               /* Page.dirty, unordered */
     size_t     ndirty;
     size_t     nloading;            /* pages LOADING */
+    size_t     npinned;             /* failed faults reporting, unlocked (fault.c) */
     unsigned   writeout_running : 1;
-    unsigned   closed : 1;          /* fileh_close ran; freed when nloading == 0 */
+    unsigned   closed : 1;          /* fileh_close ran; freed when nloading, npinned == 0 */
     unsigned   no_direct : 1;       /* mapping mmapblk's fd failed: use loadblk */
+    unsigned   fault_failed : 1;    /* a fault of it failed (fileh_fault_failed) */
     uint64_t   nloadblk, nstoreblk;
 };
 
@@ -314,6 +316,14 @@ int   virt__lock_held(void);
 void  virt__wait_loads(void);
 void  virt__loads_changed(void);
 void  virt__loads_reinit(void);     /* fork.c, in the child */
+
+/* ------------------------------------------------------------ fault.c */
+
+/* Forget the stand-ins shown in @vma, whose range is being unmapped. */
+void  fault__forget_vma(VMA *vma);
+
+/* In a forked child, whose VMAs were emptied: forget every stand-in. */
+void  fault__forget_all_in_child(void);
 
 /* Call file->ops->release for a handle freed under the lock (call unlocked). */
 void  virt__release_file(BigFile *file);

@@ -120,6 +120,7 @@ void vma__destroy(VMA *vma)
 {
     ListHead *pos, *tmp;
 
+    fault__forget_vma(vma);
     list_for_each_safe(pos, tmp, &vma->mappings) {
         PageMapping *m = list_entry(pos, PageMapping, in_vma);
         list_del(&m->in_page);
