@@ -32,6 +32,14 @@ The protocol, in transaction order (see ``docs/storage.md``):
    that committed: discard it.  Ghostify the block objects just written, so
    that their data is not kept twice (page + ZODB cache).
 
+A page fault of the handle that failed (a :class:`~zbigarray.bigfile.PageFaultError`
+was raised) dooms the transaction: its changes may hold values computed from
+the stand-in the failed access saw.  The before-commit hook refuses the commit
+(:class:`DoomedTransaction`); a handle that had not joined joins in
+``beforeCompletion`` (which runs for an abort too, so it only dooms there) and
+refuses in ``tpc_begin``.  The abort discards the dirty pages, which makes the
+handle usable again.
+
 Threads: a ZODB connection is not thread-safe, and neither is this: use each
 connection (and the arrays read through it) from one thread at a time.
 """
@@ -43,8 +51,8 @@ from typing import Any
 
 import transaction
 from transaction import Transaction
-from transaction.interfaces import (IDataManager, IDataManagerSavepoint, ISynchronizer,
-                                    NoTransaction, TransactionFailedError)
+from transaction.interfaces import (DoomedTransaction, IDataManager, IDataManagerSavepoint,
+                                    ISynchronizer, NoTransaction, TransactionFailedError)
 from zope.interface import implementer
 
 from zbigarray.bigfile import WRITEOUT_MARKSTORED, WRITEOUT_STORE, RAM, BigFileH
@@ -205,8 +213,23 @@ class FileHDataManager:
                 self._file.deps.forget(blk)
         self._file.stored.clear()
 
+    def _fault_failed(self) -> bool:
+        return not self.fileh.closed and self.fileh.fault_failed
+
+    def _refuse_if_fault_failed(self, txn: Any) -> None:
+        """Refuse to commit `txn` if a page fault of the handle failed in it."""
+        if not self._fault_failed():
+            return
+        if txn is not None and not txn.isDoomed():
+            txn.doom()
+        raise DoomedTransaction(
+            f"a page fault of {self.zfile!r} failed in this transaction (a PageFaultError "
+            "was raised), so its changes may hold values computed from the zeros the "
+            "failed access saw: abort the transaction and redo it")
+
     def _store(self) -> None:
         """Before-commit hook: dirty pages -> block objects."""
+        self._refuse_if_fault_failed(self._txn)
         self._file.stored.clear()
         if not self.fileh.closed and self.fileh.isdirty():
             self.fileh.dirty_writeout(WRITEOUT_STORE)
@@ -232,7 +255,16 @@ class FileHDataManager:
             self._join(txn)
 
     def beforeCompletion(self, txn: Any) -> None:
-        if self._closed() or self._txn is txn or not self.fileh.isdirty():
+        if self._closed():
+            return
+        if self._fault_failed():
+            # Commit or abort: doom, and join so that a commit reaches
+            # tpc_begin, which refuses it, and an abort discards.
+            if not txn.isDoomed():
+                txn.doom()
+            self._join(txn)
+            return
+        if self._txn is txn or not self.fileh.isdirty():
             return
         # Dirty but not joined: a transaction that began implicitly (after a
         # commit, TransactionManager.get() starts one without telling
@@ -247,7 +279,7 @@ class FileHDataManager:
         self._txn = None
         if self._closed():
             return
-        if self.fileh.isdirty():
+        if self.fileh.isdirty() or self.fileh.fault_failed:
             self.fileh.dirty_discard()
         for zblk in self._file.stored.values():
             if zblk is not None:
@@ -262,7 +294,7 @@ class FileHDataManager:
         self._discard()
 
     def tpc_begin(self, txn: Any) -> None:
-        pass
+        self._refuse_if_fault_failed(txn)
 
     def commit(self, txn: Any) -> None:
         # Done in the before-commit hook (_store), before any data manager
