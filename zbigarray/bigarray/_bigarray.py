@@ -29,14 +29,22 @@ Order = Literal["C", "F"]
 _MAX_NBYTES = 2**63 - 1
 
 
+def _dim(n: Any) -> int:
+    """One dimension as an int; TypeError for anything NumPy refuses as one."""
+    if isinstance(n, bool):
+        # An int subclass, but NumPy refuses booleans in shapes.
+        raise TypeError(f"a dimension must be an int, not {n!r}")
+    return operator.index(n)
+
+
 def _as_shape(shape: Any) -> tuple[int, ...]:
     """Normalise an int or a sequence of ints into a shape tuple."""
     dims: tuple[int, ...]
     try:
-        dims = (operator.index(shape),)
+        dims = (_dim(shape),)
     except TypeError:
         try:
-            dims = tuple(operator.index(n) for n in shape)
+            dims = tuple(_dim(n) for n in shape)
         except TypeError:
             raise TypeError(f"shape must be an int or a sequence of ints, not {shape!r}") from None
     if any(n < 0 for n in dims):
@@ -94,7 +102,8 @@ class BigArray:
     Raises
     ------
     TypeError
-        The dtype holds Python objects (anywhere, also inside a structured
+        A dimension that is not an int (a bool neither, as for NumPy); the
+        dtype holds Python objects (anywhere, also inside a structured
         dtype), or has no size; ``fileh`` is not a file handle.
     ValueError
         A negative dimension, an unknown order, or an array too big to address.
@@ -356,6 +365,8 @@ class BigArray:
 
         Raises
         ------
+        TypeError
+            A dimension that is not an int (a bool neither, as for NumPy).
         ValueError
             A negative dimension, a shape whose layout would move existing
             elements, or an array too big to address.
