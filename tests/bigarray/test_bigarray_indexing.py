@@ -209,6 +209,23 @@ def test_whole_view_beyond_the_address_space_is_memory_error_and_rows_still_work
         np.asarray(A)
 
 
+@pytest.mark.parametrize(
+    ("nbytes", "size"),
+    # 4 EiB fits the core's address arithmetic but mmap refuses it (ENOMEM);
+    # 8 EiB does not fit the address space at all (OverflowError in the core).
+    [(2**62, "4.00 EiB"), (2**63 - 1, "8.00 EiB")],
+)
+def test_view_too_big_to_map_is_memory_error_naming_its_size_as_numpy(make_array, nbytes, size):
+    with pytest.raises(MemoryError, match="EiB"):
+        np.empty(nbytes, np.uint8)
+    A = make_array((nbytes,), np.uint8)
+    for take in (np.asarray, lambda A: A[:], lambda A: A[1:]):
+        with pytest.raises(MemoryError, match=size):
+            take(A)
+    A[-1] = 3  # the array stays usable in parts
+    assert A[-2:].tolist() == [0, 3]
+
+
 def test_closed_file_handle_is_value_error():
     A = file_array(1000, "f8")
     A[:10] = 1

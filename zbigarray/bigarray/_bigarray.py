@@ -67,6 +67,16 @@ def _contiguous_strides(shape: tuple[int, ...], itemsize: int, order: Order) -> 
     return tuple(strides)
 
 
+def _format_size(nbytes: int) -> str:
+    """``nbytes`` in binary units with two decimals, as NumPy's MemoryError
+    message gives it (``4.00 EiB``)."""
+    units = ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+    k = 0
+    while k + 1 < len(units) and nbytes >= 1024 ** (k + 1):
+        k += 1
+    return f"{nbytes} bytes" if k == 0 else f"{nbytes / 1024**k:.2f} {units[k]}"
+
+
 def _covers(vma: Any, fileh: Any, pgoffset: int, pgstop: int) -> bool:
     """Whether ``vma`` is an open mapping of ``fileh`` that covers pages
     ``[pgoffset, pgstop)``."""
@@ -253,7 +263,17 @@ class BigArray:
         pgstop = -(-stop // blksize)
         vma = self._v_vma
         if not _covers(vma, fileh, pgoffset, pgstop):
-            vma = self._v_vma = fileh.mmap(pgoffset, pgstop - pgoffset)
+            try:
+                vma = fileh.mmap(pgoffset, pgstop - pgoffset)
+            except (OverflowError, MemoryError) as exc:
+                # A range the address space cannot hold (OverflowError from
+                # the core) or mmap refuses (ENOMEM) is an array that cannot
+                # be allocated: NumPy says MemoryError, naming the size.
+                raise MemoryError(
+                    f"Unable to map {_format_size(stop - start)} (file bytes [{start}, {stop})) "
+                    f"of {self!r}: {exc}"
+                ) from exc
+            self._v_vma = vma
         return Mapping(vma, self).flat(), start - vma.filerange()[0] * blksize
 
     def _rows(self, lo: int, hi: int) -> np.ndarray:
@@ -328,6 +348,9 @@ class BigArray:
         ------
         ValueError
             ``copy=False`` with a ``dtype`` that needs a conversion.
+        MemoryError
+            The array cannot be mapped at once (e.g. it is bigger than the
+            address space); index rows of it instead.
         """
         whole = self._rows(0, self._shape[self._major_axis()]) if self._shape else self._rows(0, 1)
         if dtype is not None and np.dtype(dtype) != self._dtype:
