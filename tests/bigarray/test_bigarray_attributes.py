@@ -45,10 +45,26 @@ def test_negative_dimension_is_value_error(shape):
         file_array(shape, "f8")
 
 
-@pytest.mark.parametrize("shape", [2.5, "3", (2, None)])
-def test_non_integer_shape_is_type_error(shape):
+# Booleans are ints to Python (and to operator.index), but not to NumPy.
+_NON_INTEGER_SHAPES = [2.5, "3", (2, None), True, False, (2, True), [False], np.True_, (np.False_, 3)]
+
+
+@pytest.mark.parametrize("shape", _NON_INTEGER_SHAPES, ids=repr)
+def test_non_integer_shape_is_type_error_as_in_numpy(make_array, shape):
+    with pytest.raises(TypeError):
+        np.zeros(shape)
     with pytest.raises(TypeError, match="shape"):
-        file_array(shape, "f8")
+        make_array(shape, "f8")
+
+
+@pytest.mark.parametrize("shape", _NON_INTEGER_SHAPES, ids=repr)
+def test_resize_to_non_integer_shape_is_type_error_as_in_numpy(make_array, shape):
+    with pytest.raises(TypeError):
+        np.zeros(3).resize(shape, refcheck=False)
+    A = make_array(3, "f8")
+    with pytest.raises(TypeError, match="shape"):
+        A.resize(shape)
+    assert A.shape == (3,)
 
 
 @pytest.mark.parametrize(

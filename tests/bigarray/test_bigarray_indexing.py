@@ -9,7 +9,10 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from tests.strategies import orders, values_for
 from zbigarray.bigarray import BigArray
 from zbigarray.bigarray._memory import memory_owner
 from zbigarray.bigfile import WRITEOUT_MARKSTORED, WRITEOUT_STORE
@@ -206,6 +209,23 @@ def test_whole_view_beyond_the_address_space_is_memory_error_and_rows_still_work
         np.asarray(A)
 
 
+@pytest.mark.parametrize(
+    ("nbytes", "size"),
+    # 4 EiB fits the core's address arithmetic but mmap refuses it (ENOMEM);
+    # 8 EiB does not fit the address space at all (OverflowError in the core).
+    [(2**62, "4.00 EiB"), (2**63 - 1, "8.00 EiB")],
+)
+def test_view_too_big_to_map_is_memory_error_naming_its_size_as_numpy(make_array, nbytes, size):
+    with pytest.raises(MemoryError, match="EiB"):
+        np.empty(nbytes, np.uint8)
+    A = make_array((nbytes,), np.uint8)
+    for take in (np.asarray, lambda A: A[:], lambda A: A[1:]):
+        with pytest.raises(MemoryError, match=size):
+            take(A)
+    A[-1] = 3  # the array stays usable in parts
+    assert A[-2:].tolist() == [0, 3]
+
+
 def test_closed_file_handle_is_value_error():
     A = file_array(1000, "f8")
     A[:10] = 1
@@ -314,3 +334,92 @@ def test_empty_arrays_and_selections_index_as_numpy(make_array, shape, idx, orde
     a[idx] = -1
     A[idx] = -1
     np.testing.assert_array_equal(A[...], a)
+
+
+# Index arrays of every integer dtype NumPy accepts, some narrower than intp
+# and non-native; the axes they index are longer than a narrow dtype's range.
+_INDEX_DTYPES = [np.dtype(t) for t in ("i1", "u1", "i2", "u2", ">i2", "i4", "<u4", "i8", "u8", ">u8")]
+
+
+@st.composite
+def _int_arrays(draw: st.DrawFn, n: int, size: int) -> np.ndarray:
+    """Entries for an axis of ``n`` in a drawn integer dtype: negative ones
+    where the dtype has them, now and then just out of bounds."""
+    info = np.iinfo(draw(st.sampled_from(_INDEX_DTYPES)))
+    high = n - 1 + draw(st.sampled_from([0, 0, 0, 2]))
+    values = st.integers(max(info.min, -n - 2), min(info.max, high))
+    return np.array(draw(st.lists(values, min_size=size, max_size=size)), dtype=info.dtype)
+
+
+def _slices_of(n: int) -> st.SearchStrategy[slice]:
+    bound = st.none() | st.integers(-n - 1, n + 1)
+    return st.builds(slice, bound, bound, st.none() | st.sampled_from([-2, -1, 1, 2]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_integer_index_arrays_of_any_dtype_index_as_numpy(make_array, data):
+    order = data.draw(orders(), label="order")
+    n = data.draw(st.sampled_from([200, 300, 70000]), label="n")
+    shape = (n, 3) if order == "C" else (3, n)  # the long axis is the major one
+    major = 0 if order == "C" else 1
+    a = np.arange(3 * n, dtype="i4").reshape(shape, order=order)
+    A = make_array(shape, "i4", order)
+    A[...] = a
+    size = data.draw(st.integers(1, 4), label="size")
+    other = data.draw(
+        _slices_of(3) | st.integers(-3, 2) | st.sampled_from([1, size]).flatmap(lambda m: _int_arrays(3, m)),
+        label="other",
+    )
+    elems = [data.draw(_int_arrays(n, size), label="major"), other]
+    idx = tuple(elems) if major == 0 else tuple(reversed(elems))
+
+    kind, want = _outcome(lambda: a[idx])
+    got_kind, got = _outcome(lambda: A[idx])
+    assert got_kind == kind, (got, want)
+    if kind != "ok":
+        with pytest.raises(type(want)):
+            A[idx] = 1
+        return
+    assert (got.shape, got.dtype) == (want.shape, want.dtype)
+    np.testing.assert_array_equal(got, want)
+    value = data.draw(values_for(a.dtype, want.shape), label="value")
+    a[idx] = value
+    A[idx] = value
+    np.testing.assert_array_equal(A[...], a)
+
+
+def test_small_integer_index_arrays_reach_past_their_dtype_range(make_array):
+    A = make_array((300,), np.int32)
+    A[:] = np.arange(300)
+    np.testing.assert_array_equal(A[np.array([5, -1, -128], np.int8)], [5, 299, 172])
+    A[np.array([5, 255], np.uint8)] = 7
+    assert (A[5], A[255], A[4]) == (7, 7, 4)
+
+
+@pytest.mark.parametrize(
+    "idx",
+    [
+        np.array([2**64 - 1], np.uint64),  # wraps to -1 in intp, as in NumPy
+        np.array([2**63], np.uint64),  # wraps to -2**63: out of bounds
+        2**63, 2**64 - 1, -(2**63) - 1, 2**70, np.uint64(2**63), np.array(2**64 - 1, np.uint64),
+        (slice(None), 2**63), (2**70, 0),
+    ],
+    ids=repr,
+)
+def test_indices_beyond_intp_as_numpy(idx):
+    A = file_array((10, 2), "i8")
+    a = np.arange(20).reshape(10, 2)
+    A[...] = a
+    try:
+        want = a[idx]
+    except (IndexError, OverflowError) as exc:
+        with pytest.raises(type(exc)):
+            A[idx]
+        with pytest.raises(type(exc)):
+            A[idx] = 0
+    else:
+        np.testing.assert_array_equal(A[idx], want)
+        a[idx] = -1
+        A[idx] = -1
+        np.testing.assert_array_equal(A[...], a)

@@ -29,14 +29,22 @@ Order = Literal["C", "F"]
 _MAX_NBYTES = 2**63 - 1
 
 
+def _dim(n: Any) -> int:
+    """One dimension as an int; TypeError for anything NumPy refuses as one."""
+    if isinstance(n, bool):
+        # An int subclass, but NumPy refuses booleans in shapes.
+        raise TypeError(f"a dimension must be an int, not {n!r}")
+    return operator.index(n)
+
+
 def _as_shape(shape: Any) -> tuple[int, ...]:
     """Normalise an int or a sequence of ints into a shape tuple."""
     dims: tuple[int, ...]
     try:
-        dims = (operator.index(shape),)
+        dims = (_dim(shape),)
     except TypeError:
         try:
-            dims = tuple(operator.index(n) for n in shape)
+            dims = tuple(_dim(n) for n in shape)
         except TypeError:
             raise TypeError(f"shape must be an int or a sequence of ints, not {shape!r}") from None
     if any(n < 0 for n in dims):
@@ -57,6 +65,16 @@ def _contiguous_strides(shape: tuple[int, ...], itemsize: int, order: Order) -> 
         strides[k] = step
         step *= shape[k]
     return tuple(strides)
+
+
+def _format_size(nbytes: int) -> str:
+    """``nbytes`` in binary units with two decimals, as NumPy's MemoryError
+    message gives it (``4.00 EiB``)."""
+    units = ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+    k = 0
+    while k + 1 < len(units) and nbytes >= 1024 ** (k + 1):
+        k += 1
+    return f"{nbytes} bytes" if k == 0 else f"{nbytes / 1024**k:.2f} {units[k]}"
 
 
 def _covers(vma: Any, fileh: Any, pgoffset: int, pgstop: int) -> bool:
@@ -94,7 +112,8 @@ class BigArray:
     Raises
     ------
     TypeError
-        The dtype holds Python objects (anywhere, also inside a structured
+        A dimension that is not an int (a bool neither, as for NumPy); the
+        dtype holds Python objects (anywhere, also inside a structured
         dtype), or has no size; ``fileh`` is not a file handle.
     ValueError
         A negative dimension, an unknown order, or an array too big to address.
@@ -244,7 +263,17 @@ class BigArray:
         pgstop = -(-stop // blksize)
         vma = self._v_vma
         if not _covers(vma, fileh, pgoffset, pgstop):
-            vma = self._v_vma = fileh.mmap(pgoffset, pgstop - pgoffset)
+            try:
+                vma = fileh.mmap(pgoffset, pgstop - pgoffset)
+            except (OverflowError, MemoryError) as exc:
+                # A range the address space cannot hold (OverflowError from
+                # the core) or mmap refuses (ENOMEM) is an array that cannot
+                # be allocated: NumPy says MemoryError, naming the size.
+                raise MemoryError(
+                    f"Unable to map {_format_size(stop - start)} (file bytes [{start}, {stop})) "
+                    f"of {self!r}: {exc}"
+                ) from exc
+            self._v_vma = vma
         return Mapping(vma, self).flat(), start - vma.filerange()[0] * blksize
 
     def _rows(self, lo: int, hi: int) -> np.ndarray:
@@ -319,6 +348,9 @@ class BigArray:
         ------
         ValueError
             ``copy=False`` with a ``dtype`` that needs a conversion.
+        MemoryError
+            The array cannot be mapped at once (e.g. it is bigger than the
+            address space); index rows of it instead.
         """
         whole = self._rows(0, self._shape[self._major_axis()]) if self._shape else self._rows(0, 1)
         if dtype is not None and np.dtype(dtype) != self._dtype:
@@ -356,6 +388,8 @@ class BigArray:
 
         Raises
         ------
+        TypeError
+            A dimension that is not an int (a bool neither, as for NumPy).
         ValueError
             A negative dimension, a shape whose layout would move existing
             elements, or an array too big to address.

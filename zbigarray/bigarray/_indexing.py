@@ -53,6 +53,9 @@ class MajorRange:
     """The index to apply to the view of rows ``[lo, hi)``."""
 
 
+_INTP_MIN = int(np.iinfo(np.intp).min)
+_INTP_MAX = int(np.iinfo(np.intp).max)
+
 # Kinds of index elements, by how many dimensions they consume.
 _NEWAXIS = "newaxis"    # None: consumes 0
 _ELLIPSIS = "ellipsis"  # ...: consumes what the others leave
@@ -91,7 +94,11 @@ def _classify(elem: Any) -> tuple[str, Any, int] | None:
             return _SCALAR_BOOL, elem, 0
         return _BOOL_ARRAY, arr, arr.ndim
     if np.issubdtype(arr.dtype, np.integer):
-        return _INT_ARRAY, arr, 1
+        # NumPy casts index arrays to intp (unsafely: uint64 entries wrap
+        # around).  Do the same before any arithmetic: in a small dtype
+        # ``arr + n`` or ``arr < -n`` overflows once the axis is longer than
+        # the dtype's range.
+        return _INT_ARRAY, arr.astype(np.intp, copy=False), 1
     return None
 
 
@@ -198,6 +205,10 @@ def _restrict(
     broadcasts with the other advanced indices exactly as the original did.
     """
     if kind == _INT:
+        if not _INTP_MIN <= elem <= _INTP_MAX:
+            # NumPy refuses an int beyond intp whatever the axis length
+            # (OverflowError or IndexError, by value): let it, on no rows.
+            return 0, 0, elem
         k = elem + n if elem < 0 else elem
         if not 0 <= k < n:
             raise IndexError(f"index {elem} is out of bounds for axis {axis} with size {n}")

@@ -80,22 +80,34 @@ def byte_extent(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int)
 
 
 def memory_owner(a: np.ndarray) -> tuple[np.ndarray, Any]:
-    """Follow ``a.base`` to the end.
+    """Follow ``a``'s memory back to the last ndarray that views it.
+
+    Steps from an ndarray to its ``.base``; through a memoryview to the
+    object it views; and through an object that exports
+    ``__array_interface__`` and keeps the ndarray it describes in ``.base``
+    (the DummyArray by which ``numpy.lib.stride_tricks.as_strided`` and
+    ``sliding_window_view`` make their views).
 
     Returns
     -------
     tuple
         ``(basemost, exporter)``: the last ndarray on the chain, and the
         non-ndarray object that exported its memory (a :class:`Mapping` for
-        BigArray views; a memoryview is looked through to the object it
-        views), or None when ``basemost`` owns its memory.
+        BigArray views), or None when ``basemost`` owns its memory.
     """
-    while isinstance(a.base, np.ndarray):
-        a = a.base
-    exporter = a.base
-    if isinstance(exporter, memoryview):
-        exporter = exporter.obj
-    return a, exporter
+    while True:
+        base: Any = a.base
+        if isinstance(base, memoryview):
+            base = base.obj
+        elif (
+            not isinstance(base, np.ndarray)
+            and hasattr(base, "__array_interface__")
+            and isinstance(getattr(base, "base", None), np.ndarray)
+        ):
+            base = base.base
+        if not isinstance(base, np.ndarray):
+            return a, base
+        a = base
 
 
 def file_span(a: np.ndarray, fileh: Any) -> tuple[int, int] | None:
