@@ -32,8 +32,11 @@ The protocol, in transaction order (see ``docs/storage.md``):
    that committed: discard it.  Ghostify the block objects just written, so
    that their data is not kept twice (page + ZODB cache).
 
-Threads: a ZODB connection is not thread-safe, and neither is this: use each
-connection (and the arrays read through it) from one thread at a time.
+Threads: page faults, and so loadblk/storeblk, may come from any thread; they
+serialize their use of the connection themselves (see
+:mod:`zbigarray.storage._connlock`).  The transaction protocol itself (the
+calls above) runs in the thread that ends or begins the connection's
+transaction, as ZODB requires.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from transaction.interfaces import (IDataManager, IDataManagerSavepoint, ISynchr
 from zope.interface import implementer
 
 from zbigarray.bigfile import WRITEOUT_MARKSTORED, WRITEOUT_STORE, RAM, BigFileH
+from zbigarray.storage._connlock import object_lock
 from zbigarray.storage._invalidation import ConnectionHook, connection_hook
 from zbigarray.storage._zblkfile import ZBlkBigFile
 from zbigarray.storage.file_zodb import ZBigFile
@@ -249,9 +253,10 @@ class FileHDataManager:
             return
         if self.fileh.isdirty():
             self.fileh.dirty_discard()
-        for zblk in self._file.stored.values():
-            if zblk is not None:
-                zblk.ghostify()
+        with object_lock(self.zfile):     # ghostify may load (ZBlk1's chunk tree)
+            for zblk in self._file.stored.values():
+                if zblk is not None:
+                    zblk.ghostify()
         self._file.stored.clear()
 
     # IDataManager
