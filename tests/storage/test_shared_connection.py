@@ -137,6 +137,25 @@ def test_threads_read_exact_sums_from_a_ghost(tmp_path: Path, how: str) -> None:
     run_in_child(sums_on_ghost, str(tmp_path / "data.fs"), how, timeout=TIMEOUT)
 
 
+def dask_sums(path: str) -> None:
+    """``dask.array.from_array(A).sum()`` on the threaded scheduler, the
+    array ghosted before each compute."""
+    import dask.array as da
+
+    db, conn, a, want = _setup(path)
+    for r in range(ROUNDS):
+        conn.cacheMinimize()
+        got = da.from_array(a, chunks=3 * PER // 2).sum().compute(
+            scheduler="threads", num_workers=NTHREAD)
+        assert float(got) == float(want.sum()), (r, float(got))
+    db.close()
+
+
+def test_dask_threaded_sums_are_exact(tmp_path: Path) -> None:
+    pytest.importorskip("dask.array")
+    run_in_child(dask_sums, str(tmp_path / "data.fs"), timeout=TIMEOUT)
+
+
 def writes_in_one_commit(path: str) -> None:
     """Threads write interleaved elements (each block by every thread) of
     one connection's array: through ``A[...] = x`` on an array no thread has
