@@ -12,6 +12,7 @@ from zbigarray.bigarray._bigarray import BigArray, ShapeLike
 from zbigarray.bigfile import BigFileH
 from zbigarray.storage._connlock import object_lock
 from zbigarray.storage._datamanager import default_fileh
+from zbigarray.storage._reconnect import retry_while_disconnected
 from zbigarray.storage.file_zodb import ZBigFile
 
 
@@ -74,7 +75,9 @@ class ZBigArray(BigArray, Persistent):
         """
         with object_lock(self):
             if self._p_state == GHOST:
-                self._p_getattr(name)       # persistent's loader
+                retry_while_disconnected(
+                    lambda: self._p_getattr(name),      # persistent's loader
+                    lambda: f"loading {type(self).__name__} {self._p_oid!r}")
             return object.__getattribute__(self, name)
 
     def __init__(self, shape: ShapeLike, dtype: Any, order: str = "C",
@@ -103,7 +106,9 @@ class ZBigArray(BigArray, Persistent):
         # Under the lock: the handle is opened, and the transaction joined,
         # once, whichever threads come first; opening reads the ZBigFile.
         with object_lock(self):
-            return self._open_fileh()
+            return retry_while_disconnected(
+                self._open_fileh,
+                lambda: f"opening the file of {type(self).__name__} {self._p_oid!r}")
 
     def _open_fileh(self) -> BigFileH:
         zfile = self.zfile

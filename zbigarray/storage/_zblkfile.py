@@ -7,7 +7,9 @@ invalidation works from, and keeps those records bounded.
 
 loadblk and storeblk run in whichever thread faults (or spills, or commits):
 each holds the connection's lock while it uses the connection (see
-:mod:`zbigarray.storage._connlock`).
+:mod:`zbigarray.storage._connlock`), and a load that fails because the
+storage lost its server is retried while it reconnects (see
+:mod:`zbigarray.storage._reconnect`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from zbigarray.bigfile import BigFile
 from zbigarray.storage import _btree
 from zbigarray.storage._connlock import object_lock
 from zbigarray.storage._invalidation import BlkDeps
+from zbigarray.storage._reconnect import retry_while_disconnected
 from zbigarray.storage.file_zodb import ZBLK1_CHUNKSIZE, ZBigFile, ZBlk1
 
 if TYPE_CHECKING:
@@ -59,6 +62,9 @@ class ZBlkBigFile(BigFile):
         # consistent.  Never held while waiting for anything else.
         self._lock = threading.Lock()
 
+    def _describe(self, doing: str, blk: int) -> str:
+        return f"{doing} block {blk} of ZBigFile {self.zfile._p_oid!r}"
+
     def _read(self, blk: int, buf: memoryview) -> tuple[Any, list[Persistent], list[Persistent]]:
         path: list[Persistent] = []
         data: list[Persistent] = []
@@ -67,7 +73,8 @@ class ZBlkBigFile(BigFile):
 
     def loadblk(self, blk: int, buf: memoryview) -> None:
         with object_lock(self.zfile):
-            zblk, path, data = self._read(blk, buf)
+            zblk, path, data = retry_while_disconnected(
+                lambda: self._read(blk, buf), lambda: self._describe("loading", blk))
             digests = _chunk_digests(buf) if type(zblk) is ZBlk1 else None
             # Recorded before the connection is released: a transaction
             # boundary taken meanwhile (stale_blocks) must see this page,
@@ -119,7 +126,12 @@ class ZBlkBigFile(BigFile):
         # itself runs in the fault layer, which must not be entered with
         # the lock held (see _connlock).
         with object_lock(self.zfile):
-            zblk = self.stored[blk] = self.zfile.storeblkdata(blk, buf, unchanged)
+            # Storing reads the block objects it changes: ride through a
+            # reconnect as loads do (storing again after a failure part-way
+            # is idempotent).
+            zblk = self.stored[blk] = retry_while_disconnected(
+                lambda: self.zfile.storeblkdata(blk, buf, unchanged),
+                lambda: self._describe("storing", blk))
             with self._lock:
                 self.deps.unanchor(blk)
                 if type(zblk) is ZBlk1:
