@@ -73,10 +73,24 @@ def zeo_server_shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
 
 
 def _run_zeo(tmp_path: Path) -> Iterator[str]:
-    port = _free_port()
+    proc, addr = start_zeo(tmp_path / "zeo.fs")
+    try:
+        yield addr
+    finally:
+        stop_zeo(proc)
+
+
+def start_zeo(path: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``runzeo`` serving FileStorage `path` on 127.0.0.1; return the
+    process and its ``host:port`` once it listens.
+
+    `port`: a free one when None; give the port of a server that was stopped
+    to restart it where its clients will reconnect.
+    """
+    if port is None:
+        port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ZEO.runzeo", "-a", f"127.0.0.1:{port}",
-         "-f", str(tmp_path / "zeo.fs")],
+        [sys.executable, "-m", "ZEO.runzeo", "-a", f"127.0.0.1:{port}", "-f", str(path)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         env={k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"})
     try:
@@ -92,15 +106,22 @@ def _run_zeo(tmp_path: Path) -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise RuntimeError("runzeo did not listen within 20 s") from None
                 time.sleep(0.05)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
+    except BaseException:
+        stop_zeo(proc)
+        raise
+    return proc, f"127.0.0.1:{port}"
+
+
+def stop_zeo(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a server from :func:`start_zeo` (SIGTERM, then SIGKILL) and
+    wait for it."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    proc.stderr.close()
 
 
 def _pg_program(name: str) -> str | None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
-from persistent import Persistent
+from persistent import GHOST, Persistent
 from ZODB.POSException import ConnectionStateError
 
 from zbigarray.bigarray._bigarray import BigArray, ShapeLike
 from zbigarray.bigfile import BigFileH
+from zbigarray.storage._connlock import object_lock
 from zbigarray.storage._datamanager import default_fileh
+from zbigarray.storage._reconnect import retry_while_disconnected
 from zbigarray.storage.file_zodb import ZBigFile
 
 
@@ -41,7 +44,41 @@ class ZBigArray(BigArray, Persistent):
     ``transaction.manager`` (the calling thread's transactions); once stored,
     the transactions of its connection.  All ZBigArrays over one ZBigFile in
     one connection share one file handle.
+
+    Threads: the array and its views may be used from several threads at
+    once (indexing, assignment, ``numpy.asarray``, ``resize``, and any code
+    touching the views' memory), also when the array is a ghost (after
+    ``conn.cacheMinimize()``): everything that uses the connection takes its
+    lock (see :mod:`zbigarray.storage._connlock`).  ``append`` is not atomic
+    (it resizes, then writes the tail): append from one thread at a time.
+    The connection's own operations (commit, abort, begin, ``sync``,
+    ``cacheMinimize``, close) stay with one thread at a time, while no other
+    thread is using its arrays, as ZODB requires.
     """
+
+    # Persistent's attribute hook loads a ghost's state in whichever thread
+    # reads it first, without our lock, and marks it loaded before the state
+    # arrives: another thread reading meanwhile sees no attributes.  Plain
+    # attribute reads instead find a ghost empty and land in __getattr__,
+    # which loads under the connection's lock.  (Writes still go through
+    # persistent's hook, which records changes; BigArray writes its
+    # attributes only after reading them.)  Loaded attributes read at
+    # object's speed.
+    __getattribute__ = object.__getattribute__
+
+    def __getattr__(self, name: str) -> Any:
+        """Load the state of a ghost, under its connection's lock.
+
+        Only called when `name` is missing: the object is a ghost, or
+        another thread is loading it (then its lock is held until it is
+        done), or it has no such attribute.
+        """
+        with object_lock(self):
+            if self._p_state == GHOST:
+                retry_while_disconnected(
+                    lambda: self._p_getattr(name),      # persistent's loader
+                    lambda: f"loading {type(self).__name__} {self._p_oid!r}")
+            return object.__getattribute__(self, name)
 
     def __init__(self, shape: ShapeLike, dtype: Any, order: str = "C",
                  blksize: int = 2 * 1024 * 1024) -> None:
@@ -66,7 +103,18 @@ class ZBigArray(BigArray, Persistent):
             # inside a page fault, which is fatal.
             raise ConnectionStateError(
                 f"{type(self).__name__} {self._p_oid!r}: its connection is closed")
+        # Under the lock: the handle is opened, and the transaction joined,
+        # once, whichever threads come first; opening reads the ZBigFile.
+        with object_lock(self):
+            return retry_while_disconnected(
+                self._open_fileh,
+                lambda: f"opening the file of {type(self).__name__} {self._p_oid!r}")
+
+    def _open_fileh(self) -> BigFileH:
         zfile = self.zfile
+        # Attribute reads do not tell ZODB's cache that the array is in use
+        # (see __getattribute__): each access to the data does.
+        self._p_getattr("zfile")
         if zfile._p_jar is None and self._p_jar is not None:
             # Added to a connection (conn.add) but not yet stored: give the
             # file the same connection, so that its handle follows that
@@ -77,3 +125,19 @@ class ZBigArray(BigArray, Persistent):
         # it before this access can write anything.
         fileh.file.dm.join_current()  # type: ignore[attr-defined]  # a ZBlkBigFile
         return fileh
+
+    def resize(self, new_shape: ShapeLike, refcheck: bool = True) -> None:
+        """As :meth:`BigArray.resize`, under the connection's lock: resizes
+        from several threads apply one after the other, and the change is
+        registered with the connection once."""
+        with object_lock(self):
+            BigArray.resize(self, new_shape, refcheck)
+
+    def __dask_tokenize__(self) -> str:
+        """A new token at each call: dask must not take two readings of a
+        changing array for the same data.
+
+        Without this, dask would pickle the array to tokenize it, which
+        loads every block object of the file through ZODB.
+        """
+        return uuid.uuid4().hex

@@ -40,8 +40,11 @@ the stand-in the failed access saw.  The before-commit hook refuses the commit
 refuses in ``tpc_begin``.  The abort discards the dirty pages, which makes the
 handle usable again.
 
-Threads: a ZODB connection is not thread-safe, and neither is this: use each
-connection (and the arrays read through it) from one thread at a time.
+Threads: page faults, and so loadblk/storeblk, may come from any thread; they
+serialize their use of the connection themselves (see
+:mod:`zbigarray.storage._connlock`).  The transaction protocol itself (the
+calls above) runs in the thread that ends or begins the connection's
+transaction, as ZODB requires.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from transaction.interfaces import (DoomedTransaction, IDataManager, IDataManage
 from zope.interface import implementer
 
 from zbigarray.bigfile import WRITEOUT_MARKSTORED, WRITEOUT_STORE, RAM, BigFileH
+from zbigarray.storage._connlock import object_lock
 from zbigarray.storage._invalidation import ConnectionHook, connection_hook
 from zbigarray.storage._zblkfile import ZBlkBigFile
 from zbigarray.storage.file_zodb import ZBigFile
@@ -281,9 +285,10 @@ class FileHDataManager:
             return
         if self.fileh.isdirty() or self.fileh.fault_failed:
             self.fileh.dirty_discard()
-        for zblk in self._file.stored.values():
-            if zblk is not None:
-                zblk.ghostify()
+        with object_lock(self.zfile):     # ghostify may load (ZBlk1's chunk tree)
+            for zblk in self._file.stored.values():
+                if zblk is not None:
+                    zblk.ghostify()
         self._file.stored.clear()
 
     # IDataManager

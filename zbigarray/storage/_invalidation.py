@@ -43,6 +43,8 @@ from typing import TYPE_CHECKING
 
 from persistent import Persistent
 
+from zbigarray.storage._connlock import connection_lock
+
 if TYPE_CHECKING:
     from ZODB.Connection import Connection
 
@@ -187,14 +189,18 @@ class ConnectionHook:
         return [d for d in list(self._dms) if d is not dm and d.zfile is dm.zfile]
 
     def _poll_invalidations(self) -> list[Oid] | None:
-        oids = self._poll()
         conn = self._conn
+        # Loads in flight in other threads (page faults) finish first, and
+        # later ones read the new snapshot from objects invalidated already.
+        with connection_lock(conn):
+            oids = self._poll()
+            if oids is not None:
+                # Connection.newTransaction does this right after we return;
+                # do it first so that the lookups below read the new
+                # snapshot.  (The cache empties a list it is given: give it
+                # a copy.)
+                conn._cache.invalidate(list(oids))
         changed = None if oids is None else frozenset(oids)
-        if oids is not None:
-            # Connection.newTransaction does this right after we return; do
-            # it first so that the lookups below read the new snapshot.  (The
-            # cache empties a list it is given: give it a copy.)
-            conn._cache.invalidate(list(oids))
         tm = conn.transaction_manager
         for dm in list(self._dms):
             dm.invalidate(changed)
@@ -207,5 +213,10 @@ def connection_hook(conn: Connection) -> ConnectionHook:
     """Return the :class:`ConnectionHook` of `conn`, attaching one if needed."""
     hook = conn.__dict__.get("_zbigarray_hook")
     if hook is None:
-        hook = conn._zbigarray_hook = ConnectionHook(conn)
+        # Threads using the connection's arrays for the first time at once
+        # must not attach two hooks (each wrapping the poll).
+        with connection_lock(conn):
+            hook = conn.__dict__.get("_zbigarray_hook")
+            if hook is None:
+                hook = conn._zbigarray_hook = ConnectionHook(conn)
     return hook

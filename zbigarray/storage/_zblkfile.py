@@ -4,19 +4,27 @@
 gets one of these.  Besides moving bytes between pages and block objects, it
 records what each cached page was read from (:class:`BlkDeps`), which is what
 invalidation works from, and keeps those records bounded.
+
+loadblk and storeblk run in whichever thread faults (or spills, or commits):
+each holds the connection's lock while it uses the connection (see
+:mod:`zbigarray.storage._connlock`), and a load that fails because the
+storage lost its server is retried while it reconnects (see
+:mod:`zbigarray.storage._reconnect`).
 """
 
 from __future__ import annotations
 
 import threading
 from hashlib import blake2b
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from persistent import Persistent
 
 from zbigarray.bigfile import BigFile
 from zbigarray.storage import _btree
+from zbigarray.storage._connlock import object_lock
 from zbigarray.storage._invalidation import BlkDeps
+from zbigarray.storage._reconnect import retry_while_disconnected
 from zbigarray.storage.file_zodb import ZBLK1_CHUNKSIZE, ZBigFile, ZBlk1
 
 if TYPE_CHECKING:
@@ -49,22 +57,36 @@ class ZBlkBigFile(BigFile):
         self.dm: FileHDataManager | None = None
         # Records beyond this are pruned (see _prune); set by fileh_open.
         self.max_deps = 1 << 62
-        # loadblk may run in several threads at once (NumPy loops that
-        # release the GIL fault in parallel): keep the records consistent.
+        # The records are also changed without the connection's lock (page
+        # drops at abort and after our own commit, pruning): keep them
+        # consistent.  Never held while waiting for anything else.
         self._lock = threading.Lock()
 
-    def loadblk(self, blk: int, buf: memoryview) -> None:
+    def _describe(self, doing: str, blk: int) -> str:
+        return f"{doing} block {blk} of ZBigFile {self.zfile._p_oid!r}"
+
+    def _read(self, blk: int, buf: memoryview) -> tuple[Any, list[Persistent], list[Persistent]]:
         path: list[Persistent] = []
         data: list[Persistent] = []
         zblk = self.zfile.loadblkdata(blk, buf, path, data)
-        digests = _chunk_digests(buf) if type(zblk) is ZBlk1 else None
-        with self._lock:
-            self.deps.record(blk, path, zblk, data)
-            if digests is not None:
-                self.deps.digests[blk] = digests
-            else:
-                self.deps.digests.pop(blk, None)
+        return zblk, path, data
+
+    def loadblk(self, blk: int, buf: memoryview) -> None:
+        with object_lock(self.zfile):
+            zblk, path, data = retry_while_disconnected(
+                lambda: self._read(blk, buf), lambda: self._describe("loading", blk))
+            digests = _chunk_digests(buf) if type(zblk) is ZBlk1 else None
+            # Recorded before the connection is released: a transaction
+            # boundary taken meanwhile (stale_blocks) must see this page,
+            # read at the old snapshot.
+            with self._lock:
+                self.deps.record(blk, path, zblk, data)
+                if digests is not None:
+                    self.deps.digests[blk] = digests
+                else:
+                    self.deps.digests.pop(blk, None)
         if len(self.deps) > self.max_deps:
+            # Outside the connection's lock: it drops pages.
             self._prune()
 
     def _prune(self) -> None:
@@ -98,21 +120,34 @@ class ZBlkBigFile(BigFile):
             new = _chunk_digests(buf)
             unchanged = {i * ZBLK1_CHUNKSIZE for i, (a, b) in enumerate(zip(known, new))
                          if a == b}
-        zblk = self.stored[blk] = self.zfile.storeblkdata(blk, buf, unchanged)
-        with self._lock:
-            self.deps.unanchor(blk)
-            if type(zblk) is ZBlk1:
-                self.deps.digests[blk] = new if new is not None else _chunk_digests(buf)
-            else:
-                self.deps.digests.pop(blk, None)
+        # The lock for this block only, not for the whole writeout that
+        # calls us: this is all the connection use, the pages being stored
+        # are dirty (so no thread loads them meanwhile), and the writeout
+        # itself runs in the fault layer, which must not be entered with
+        # the lock held (see _connlock).
+        with object_lock(self.zfile):
+            # Storing reads the block objects it changes: ride through a
+            # reconnect as loads do (storing again after a failure part-way
+            # is idempotent).
+            zblk = self.stored[blk] = retry_while_disconnected(
+                lambda: self.zfile.storeblkdata(blk, buf, unchanged),
+                lambda: self._describe("storing", blk))
+            with self._lock:
+                self.deps.unanchor(blk)
+                if type(zblk) is ZBlk1:
+                    self.deps.digests[blk] = new if new is not None else _chunk_digests(buf)
+                else:
+                    self.deps.digests.pop(blk, None)
 
     def stale_blocks(self, changed: frozenset[bytes] | None) -> set[int]:
         """Blocks whose cached page `changed` oids make stale (None: all).
 
         Runs at a transaction boundary, after the ZODB cache was invalidated,
-        so that the lookups read the new snapshot.
+        so that the lookups read the new snapshot.  Holds the connection's
+        lock: a load in flight in another thread finishes, and is recorded,
+        first.
         """
-        with self._lock:
+        with object_lock(self.zfile), self._lock:
             deps = self.deps
             if changed is None:
                 stale = deps.blocks()

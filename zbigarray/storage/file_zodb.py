@@ -332,9 +332,13 @@ class ZBigFile(Persistent):
         Raises
         ------
         ValueError
-            ``$ZBIGARRAY_ZBLK_FMT`` names no block format.
+            ``$ZBIGARRAY_ZBLK_FMT`` names no block format, or
+            ``$ZBIGARRAY_RECONNECT_TIMEOUT`` is not a number of seconds.
         """
         from zbigarray.storage._datamanager import fileh_open
+        from zbigarray.storage._reconnect import reconnect_timeout
 
-        zblk_writer_format()   # fail now rather than at the first commit
+        # Fail now rather than at the first commit, or during an outage.
+        zblk_writer_format()
+        reconnect_timeout()
         return fileh_open(self, ram)
