@@ -99,8 +99,8 @@ class ZBigArray(BigArray, Persistent):
     def _fileh(self) -> BigFileH:
         jar = self._p_jar
         if jar is not None and jar.opened is None:
-            # Mapping pages now would load them through a closed connection
-            # inside a page fault, which is fatal.
+            # Mapping pages now would only fail later, inside a page fault:
+            # say so here, where the view is asked for.
             raise ConnectionStateError(
                 f"{type(self).__name__} {self._p_oid!r}: its connection is closed")
         # Under the lock: the handle is opened, and the transaction joined,
