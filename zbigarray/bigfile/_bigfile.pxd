@@ -42,6 +42,7 @@ cdef class BigFileH:
     cdef object __weakref__
 
     cdef virt.BigFileH *_handle(self, str what) except NULL
+    cdef int _writeout_error(self, int err, str what) except -1
 
 
 cdef class VMA:

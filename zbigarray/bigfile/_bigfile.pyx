@@ -23,7 +23,7 @@ from libc.stdint cimport SIZE_MAX, uint64_t
 from zbigarray.bigfile cimport virtmem as virt
 from zbigarray.bigfile._blkbuf cimport fill_byte_view
 from zbigarray.bigfile._errors cimport check as _check, u64_arg as _u64
-from zbigarray.bigfile._pyfile cimport (PyBigFile, fault_error, gil_hooks, pyfile_ops,
+from zbigarray.bigfile._pyfile cimport (PyBigFile, fault_error, gil_hooks, pyfile_init_ops,
                                         set_fault_state_calls)
 
 import operator
@@ -217,6 +217,22 @@ cdef class BigFile:
     A subclass whose constructor takes other arguments creates itself with
     ``BigFile.__new__(cls, blksize)`` from its own ``__new__``.
 
+    A subclass may also define, for transactional backends:
+
+    ``dirtied()``
+        Called, inside the page fault, when a write is about to make the
+        first page of a handle of this file dirty (none since its last
+        writeout or discard): a chance to join a transaction first.
+    ``spill()``
+        Called, inside the page fault, when a fault finds the RAM full of
+        dirty pages, some of a handle of this file: write some of them out
+        on your own terms (`BigFileH.dirty_writeout_oldest`), which makes
+        their memory reusable.  Without it such a fault raises
+        `PageFaultMemoryError`.
+
+    What these raise reaches the faulting thread as the ``__cause__`` of a
+    `PageFaultError`.
+
     Parameters
     ----------
     blksize : int
@@ -237,7 +253,8 @@ cdef class BigFile:
                              f"size ({_pagesize}) at most {virt.VIRT_BLKSIZE_MAX}, "
                              f"got {n}")
         errors = {}
-        self._c.cfile.ops = pyfile_ops()
+        cls = type(self)
+        pyfile_init_ops(&self._c, hasattr(cls, "dirtied"), hasattr(cls, "spill"))
         self._c.cfile.blksize = n
         self._c.owner = <PyObject *>self
         self._c.errors = <PyObject *>errors
@@ -440,14 +457,51 @@ cdef class BigFileH:
         exc = self.file._pop_error()
         if exc is not None:
             raise exc
+        if err < 0:
+            self._writeout_error(err, f"dirty_writeout({flags!r})")
+
+    cdef int _writeout_error(self, int err, str what) except -1:
         if err == -EBUSY:
-            raise RuntimeError(f"dirty_writeout({flags!r}): writeout already in progress")
+            raise RuntimeError(f"{what}: writeout already in progress")
         if err == -ENOTRECOVERABLE:
             raise PageFaultError(
-                f"dirty_writeout({flags!r}): a page fault of {self!r} failed, so its "
-                "dirty pages may hold values computed from a stand-in; call "
-                "dirty_discard() (and redo the changes) before writing out")
-        _check(err, f"dirty_writeout({flags!r})")
+                f"{what}: a page fault of {self!r} failed, so its dirty pages may "
+                "hold values computed from a stand-in; call dirty_discard() (and "
+                "redo the changes) before writing out")
+        _check(err, what)
+        return 0
+
+    def dirty_writeout_oldest(self, npages):
+        """Write out the `npages` pages dirtied longest ago: storeblk for
+        each (ascending block order), then clean, as ``dirty_writeout(
+        WRITEOUT_STORE | WRITEOUT_MARKSTORED)`` does for all; for `spill`.
+        A write to one of them meanwhile waits for the store, then dirties
+        it again.
+
+        Returns
+        -------
+        int
+            How many pages became clean.
+
+        Raises
+        ------
+        As `dirty_writeout`; on a failed store every page stays dirty.
+        """
+        cdef virt.BigFileH *c = self._handle("dirty_writeout_oldest()")
+        cdef size_t n = <size_t>_u64(npages, "npages", "dirty_writeout_oldest()")
+        cdef int r
+        self._nwriteout += 1
+        try:
+            with nogil:
+                r = virt.fileh_dirty_writeout_oldest(c, n)
+        finally:
+            self._nwriteout -= 1
+        exc = self.file._pop_error()
+        if exc is not None:
+            raise exc
+        if r < 0:
+            self._writeout_error(r, f"dirty_writeout_oldest({npages!r})")
+        return r
 
     def dirty_discard(self):
         """Drop every dirty page; the next touch reloads it from the file.

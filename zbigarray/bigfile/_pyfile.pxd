@@ -12,11 +12,12 @@ from zbigarray.bigfile cimport virtmem as virt
 # to this struct to find their owner (cfile must stay the first member).
 cdef struct PyBigFile:
     virt.BigFile  cfile
+    virt.BigFileOps ops     # cfile.ops points here: the callbacks its class gives
     PyObject     *owner     # the BigFile object (borrowed)
     PyObject     *errors    # dict thread id -> exception raised by storeblk (a reference)
     int           mmap_fd   # BigFile.mmap_fd: the zero-copy path's file, or -1
 
-cdef const virt.BigFileOps *pyfile_ops()
+cdef void pyfile_init_ops(PyBigFile *pf, bint dirtied, bint spill) noexcept
 cdef const virt.VirtGilHooks *gil_hooks()
 cdef int fault_error(virt.BigFile *cf, virt.blk_t blk, int err, const char *what) noexcept nogil
 cdef void set_fault_state_calls(int (*failing)() noexcept nogil,

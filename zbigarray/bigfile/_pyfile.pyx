@@ -53,7 +53,7 @@ cdef int _pyfile_loadblk(virt.BigFile *cf, virt.blk_t blk, void *buf) noexcept w
     except BaseException as exc:
         # Raised in the faulting thread by the failure policy (fault_error),
         # which the core calls next.
-        _loadblk_errors[PyThread_get_thread_ident()] = exc
+        _callback_errors[PyThread_get_thread_ident()] = exc
         return _failed(blkbuf)
 
 
@@ -109,20 +109,44 @@ cdef int _pyfile_mmapblk(virt.BigFile *cf, virt.blk_t blk, int *fd,
     return 0
 
 
+cdef int _pyfile_dirtied(virt.BigFile *cf) noexcept with gil:
+    return _call_in_fault(cf, "dirtied")
+
+
+cdef int _pyfile_spill(virt.BigFile *cf) noexcept with gil:
+    return _call_in_fault(cf, "spill")
+
+
+cdef int _call_in_fault(virt.BigFile *cf, str method) noexcept:
+    """Call the owner's @method() from inside a page fault: 0, or -EIO with
+    what it raised kept for the failure policy (which the core calls next)."""
+    try:
+        getattr(<object>(<PyBigFile *>cf).owner, method)()
+        return 0
+    except BaseException as exc:
+        _callback_errors[PyThread_get_thread_ident()] = exc
+        return -EIO
+
+
 cdef void _pyfile_release(virt.BigFile *cf) noexcept with gil:
     # Drops the reference BigFile.fileh_open took for the core.
     Py_DECREF(<object>(<PyBigFile *>cf).owner)
 
 
-cdef virt.BigFileOps _pyfile_ops
-_pyfile_ops.loadblk = _pyfile_loadblk
-_pyfile_ops.storeblk = _pyfile_storeblk
-_pyfile_ops.release = _pyfile_release
-_pyfile_ops.mmapblk = _pyfile_mmapblk
-
-cdef const virt.BigFileOps *pyfile_ops():
-    """The ops of every Python BigFile (a static table)."""
-    return &_pyfile_ops
+cdef void pyfile_init_ops(PyBigFile *pf, bint dirtied, bint spill) noexcept:
+    """Point @pf's core file at its own ops: the trampolines, with dirtied and
+    spill only if its class gives them (the core calls neither otherwise)."""
+    pf.ops.loadblk = _pyfile_loadblk
+    pf.ops.storeblk = _pyfile_storeblk
+    pf.ops.release = _pyfile_release
+    pf.ops.mmapblk = _pyfile_mmapblk
+    pf.ops.dirtied = NULL
+    pf.ops.spill = NULL
+    if dirtied:
+        pf.ops.dirtied = _pyfile_dirtied
+    if spill:
+        pf.ops.spill = _pyfile_spill
+    pf.cfile.ops = &pf.ops
 
 
 # --------------------------------------------------- failure policy of faults
@@ -155,8 +179,9 @@ FAULT_ABORT_ENV = "ZBIGARRAY_FAULT_ABORT"
 
 cdef bint _fail_stop_always = os.environ.get(FAULT_ABORT_ENV, "") not in ("", "0")
 
-# thread ident -> what loadblk raised, until fault_error takes it
-cdef dict _loadblk_errors = {}
+# thread ident -> what loadblk (or dirtied, spill) raised inside a page
+# fault, until fault_error takes it
+cdef dict _callback_errors = {}
 # thread ident -> the exception to raise in that thread, until it arrives
 cdef dict _pending = {}
 
@@ -243,7 +268,7 @@ cdef object _fault_exception(owner, virt.blk_t blk, int err, str what, cause):
             cause.add_note(f"(raised by loadblk of {where}, inside a page fault)")
         return cause
     if cause is not None:
-        exc = PageFaultError(f"page fault: loading {where} failed: "
+        exc = PageFaultError(f"page fault on {where}: {what}: "
                              f"{type(cause).__name__}: {cause}")
         exc.__cause__ = cause
     elif err == -ENOMEM:
@@ -282,7 +307,7 @@ cdef int _prepare_exception(virt.BigFile *cf, virt.blk_t blk, int err,
                             const char *what) noexcept with gil:
     ident = PyThread_get_thread_ident()
     try:
-        cause = _loadblk_errors.pop(ident, None)
+        cause = _callback_errors.pop(ident, None)
         if _fault_failing():
             # A failure that follows from the one still to be raised (e.g.
             # loadblk read a stand-in): that one tells what went wrong.
@@ -307,7 +332,7 @@ cdef void _fail_stop(virt.BigFile *cf, virt.blk_t blk, int err, const char *what
     """Say what failed (with loadblk's traceback), then abort()."""
     cdef bytes where = b""
     try:
-        cause = _loadblk_errors.pop(PyThread_get_thread_ident(), None)
+        cause = _callback_errors.pop(PyThread_get_thread_ident(), None)
         owner = <object>(<PyBigFile *>cf).owner
         where = f"file {_safe_repr(owner)}, ".encode("utf-8", "replace")
         for stream in (sys.stdout, sys.stderr):

@@ -249,6 +249,62 @@ static void fault_fail_nomem(BigFileH *fileh, blk_t blk, int err)
     fault_fail(fileh, blk, err, what);
 }
 
+/* The handle whose dirty pages to spill when @fileh's RAM is full of them:
+ * @fileh itself if it can, else the one of that RAM with the most dirty
+ * pages whose file can spill.  NULL if none; then *@busy tells whether one
+ * is being spilled or written out by another thread already (whose end will
+ * make room, or make it spillable again).  Locked. */
+static BigFileH *fault_spill_victim(BigFileH *fileh, int *busy)
+{
+    BigFileH *best = NULL;
+    ListHead *pos;
+
+    *busy = 0;
+    list_for_each_forward(pos, &fileh__all) {
+        BigFileH *h = list_entry(pos, BigFileH, in_all);
+        if (h->ram != fileh->ram || !h->file->ops->spill || h->closed)
+            continue;
+        if (h->spilling || h->writeout_running) {
+            *busy = 1;
+            continue;
+        }
+        if (h->ndirty == 0)
+            continue;
+        if (h == fileh)
+            return h;
+        if (!best || h->ndirty > best->ndirty)
+            best = h;
+    }
+    return best;
+}
+
+/* Ask @victim's backend to spill some of its dirty pages.  Called locked,
+ * returns locked (the world may have changed).  -errno of the backend, or
+ * -ENOMEM if it made no page clean (which would loop).  Other threads may
+ * take the room made before this one retries: it then spills again. */
+static int fault_spill(BigFileH *victim)
+{
+    BigFile *file = victim->file;
+    uint64_t nspilled = victim->nspilled;
+    uint64_t nfailed = fault_nfailed;
+
+    /* One spill of a handle at a time: other threads short of room wait
+     * for it (fault_spill_victim reports it busy). */
+    victim->spilling = 1;
+    victim->npinned++;
+    virt_unlock();
+    int err = file->ops->spill(file);
+    virt__lock_in_fault();
+    victim->spilling = 0;
+    virt__loads_changed();
+    if (!err && fault_nfailed != nfailed)
+        err = -EIO;         /* it touched a page that failed: not to be trusted */
+    if (!err && victim->nspilled == nspilled)
+        err = -ENOMEM;
+    fault_unpin(victim);
+    return err;
+}
+
 /* Serve the fault at @blk of @vma with a stand-in.  Locked; returns
  * unlocked. */
 static int fault_serve_standin(VMA *vma, blk_t blk)
@@ -318,6 +374,26 @@ static int fault_serve(uintptr_t addr, int write)
                  * reclaimable soon (waiting for our own would deadlock). */
                 virt__wait_loads();
                 continue;
+            }
+            if (err == -ENOMEM) {
+                /* Full of dirty pages: have some written out (into their
+                 * transaction), which makes them reclaimable. */
+                int busy;
+                BigFileH *victim = fault_spill_victim(fileh, &busy);
+                if (!victim && busy) {
+                    virt__wait_loads();
+                    continue;
+                }
+                if (victim) {
+                    err = fault_spill(victim);
+                    if (!err)
+                        continue;
+                    if (err != -ENOMEM) {
+                        fault_fail(fileh, blk, err, "no RAM for a new page, and "
+                                   "spilling dirty pages to make room failed");
+                        continue;
+                    }
+                }
             }
             if (err) {
                 fault_fail_nomem(fileh, blk, err);
@@ -403,6 +479,27 @@ static int fault_serve(uintptr_t addr, int write)
         fault_repeats = 0;
         if (write < 0)
             write = (m != NULL);   /* faulted on a read-only mapping: a write */
+
+        if (write && page->storing) {
+            /* Being written out with its mappings write-protected (a spill):
+             * write once the store ends, which leaves the page dirty. */
+            virt__wait_loads();
+            continue;
+        }
+        if (write && page->state == PAGE_LOADED && fileh->ndirty == 0 &&
+            !fileh->dirty_notified && file->ops->dirtied && !fault_failing) {
+            /* The handle's first dirty page: tell its owner first. */
+            fileh->npinned++;
+            virt_unlock();
+            err = file->ops->dirtied(file);
+            virt__lock_in_fault();
+            if (err)
+                fault_fail_pinned(fileh, blk, err, "the file's dirtied() failed");
+            else
+                fileh->dirty_notified = 1;
+            fault_unpin(fileh);
+            continue;
+        }
 
         if (page->state == PAGE_DIRECT) {
             int fd;

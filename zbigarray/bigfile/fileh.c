@@ -4,8 +4,10 @@
  * one page up in the pagemap: O(pages concerned), never O(file or cache). */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <limits.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/types.h>
 
 #include "virtmem_int.h"
 
@@ -118,28 +120,18 @@ static int page_blk_cmp(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* STORE phase.  Called locked; returns locked.  The dirty pages are taken as
- * a snapshot marked `storing`, so that nothing frees them while storeblk runs
- * unlocked; pages dirtied meanwhile are left for the next writeout. */
-static int fileh_store_dirty(BigFileH *fileh)
+/* Store @pages[0..k) (marked `storing` by the caller, so that nothing frees
+ * them while storeblk runs unlocked), in ascending block order, stopping at
+ * the first failure; then clear `storing` and wake the writers waiting for
+ * it.  Called locked; returns locked.  Pages dirtied meanwhile through a
+ * writable mapping are left for the next writeout. */
+static int fileh_store_pages(BigFileH *fileh, Page **pages, size_t k)
 {
     BigFile *file = fileh->file;
-    size_t n = fileh->ndirty, k = 0, i;
-    ListHead *pos, *tmp;
+    size_t i;
     int err = 0;
 
-    if (n == 0)
-        return 0;
-    Page **pages = malloc(n * sizeof *pages);
-    if (!pages)
-        return -ENOMEM;
-    list_for_each_safe(pos, tmp, &fileh->dirty) {
-        Page *page = list_entry(pos, Page, dirty);
-        page->storing = 1;
-        pages[k++] = page;
-    }
     qsort(pages, k, sizeof *pages, page_blk_cmp);
-
     fileh->writeout_running = 1;
     for (i = 0; i < k && !err; i++) {
         Page *page = pages[i];
@@ -165,12 +157,50 @@ static int fileh_store_dirty(BigFileH *fileh)
     for (i = 0; i < k; i++)
         pages[i]->storing = 0;
     fileh->writeout_running = 0;
+    virt__loads_changed();
     if (fileh->closed) {
         for (i = 0; i < k; i++)
             page__drop(pages[i]);
     }
-    free(pages);
     return err;
+}
+
+/* The first @n pages of @fileh's dirty list (dirtied longest ago first),
+ * marked `storing`, in a new array (*out, length returned); write-protected
+ * too if @protect.  -ENOMEM. */
+static ssize_t fileh_take_dirty(BigFileH *fileh, size_t n, int protect, Page ***out)
+{
+    ListHead *pos, *tmp;
+    size_t k = 0;
+
+    if (n > fileh->ndirty)
+        n = fileh->ndirty;
+    Page **pages = malloc((n ? n : 1) * sizeof *pages);
+    if (!pages)
+        return -ENOMEM;
+    list_for_each_safe(pos, tmp, &fileh->dirty) {
+        if (k == n)
+            break;
+        Page *page = list_entry(pos, Page, dirty);
+        if (protect)
+            page__protect_all(page);
+        page->storing = 1;
+        pages[k++] = page;
+    }
+    *out = pages;
+    return (ssize_t)k;
+}
+
+/* 0, or why @fileh cannot be written out now. */
+static int fileh_writeout_refused(BigFileH *fileh)
+{
+    if (fileh->closed)
+        return -EBADF;
+    if (fileh->writeout_running)
+        return -EBUSY;
+    if (fileh->fault_failed)
+        return -ENOTRECOVERABLE;
+    return 0;
 }
 
 int fileh_dirty_writeout(BigFileH *fileh, int flags)
@@ -184,13 +214,18 @@ int fileh_dirty_writeout(BigFileH *fileh, int flags)
         return -EINVAL;
 
     virt_lock();
-    if (fileh->writeout_running || fileh->closed || fileh->fault_failed) {
-        err = fileh->closed ? -EBADF : fileh->writeout_running ? -EBUSY : -ENOTRECOVERABLE;
+    err = fileh_writeout_refused(fileh);
+    if (err) {
         virt_unlock();
         return err;
     }
-    if (flags & WRITEOUT_STORE)
-        err = fileh_store_dirty(fileh);
+    if ((flags & WRITEOUT_STORE) && fileh->ndirty) {
+        Page **pages;
+        ssize_t k = fileh_take_dirty(fileh, fileh->ndirty, 0, &pages);
+        err = k < 0 ? (int)k : fileh_store_pages(fileh, pages, (size_t)k);
+        if (k >= 0)
+            free(pages);
+    }
     if (!err && (flags & WRITEOUT_MARKSTORED) && !fileh->closed) {
         list_for_each_safe(pos, tmp, &fileh->dirty) {
             Page *page = list_entry(pos, Page, dirty);
@@ -204,6 +239,44 @@ int fileh_dirty_writeout(BigFileH *fileh, int flags)
     if (freed)
         virt__release_file(file);
     return err;
+}
+
+int fileh_dirty_writeout_oldest(BigFileH *fileh, size_t npages)
+{
+    BigFile *file = fileh->file;
+    Page **pages;
+    int err, freed;
+    ssize_t k;
+
+    virt_lock();
+    err = fileh_writeout_refused(fileh);
+    if (err) {
+        virt_unlock();
+        return err;
+    }
+    /* Write-protected while stored: a write meanwhile faults and waits for
+     * `storing` to end (fault.c), so the page is clean only if what was
+     * stored is what it holds. */
+    k = fileh_take_dirty(fileh, npages > INT_MAX ? INT_MAX : npages, 1, &pages);
+    if (k < 0) {
+        virt_unlock();
+        return (int)k;
+    }
+    err = fileh_store_pages(fileh, pages, (size_t)k);
+    if (!err && !fileh->closed) {
+        for (ssize_t i = 0; i < k; i++) {
+            if (pages[i]->state == PAGE_DIRTY) {
+                page__mark_clean(pages[i]);
+                fileh->nspilled++;
+            }
+        }
+    }
+    free(pages);
+    freed = fileh__maybe_free(fileh);
+    virt_unlock();
+    if (freed)
+        virt__release_file(file);
+    return err ? err : (int)k;
 }
 
 int fileh_dirty_discard(BigFileH *fileh)

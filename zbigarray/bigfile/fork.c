@@ -45,6 +45,7 @@ static void fork_forget_pages(BigFileH *fileh)
     pagemap_init(&fileh->pagemap);
     list_init(&fileh->dirty);
     fileh->ndirty = 0;
+    fileh->dirty_notified = 0;
     fileh->nloading = 0;          /* the loading threads do not exist here */
     fileh->npinned = 0;
     fileh->writeout_running = 0;

@@ -155,7 +155,8 @@ void page__mark_clean(Page *page)
     BUG_ON(page->state != PAGE_DIRTY);
     RAM *ram = page->fileh->ram;
     list_del(&page->dirty);
-    page->fileh->ndirty--;
+    if (--page->fileh->ndirty == 0)
+        page->fileh->dirty_notified = 0;     /* the next dirtying is news again */
     page->state = PAGE_LOADED;
     list_add(&page->lru, &ram->lru);
     ram->nclean++;
@@ -186,7 +187,8 @@ static size_t page_evict(Page *page)
             fileh->ram->direct -= fileh->file->blksize;
     } else {
         list_del(&page->dirty);
-        fileh->ndirty--;
+        if (--fileh->ndirty == 0)
+            fileh->dirty_notified = 0;
     }
     size_t off = page->ram_off;
     free(page);

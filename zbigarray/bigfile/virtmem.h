@@ -76,6 +76,23 @@ typedef struct BigFileOps {
      * (an fstat is fine).  As with mmap, such pages show later changes of
      * the OS file, and shrinking the file under them makes access SIGBUS. */
     int  (*mmapblk)(BigFile *file, blk_t blk, int *fd, uint64_t *offset);
+
+    /* Optional.  A write is about to make the first page of a handle of
+     * @file dirty (the handle had none since its last writeout or discard):
+     * lets a transactional owner join the transaction before anything
+     * changes.  Called unlocked, in the faulting thread, at most once per
+     * such transition (more if several threads race to it).  0, or -errno:
+     * the fault fails. */
+    int  (*dirtied)(BigFile *file);
+
+    /* Optional: spilling.  A fault found its RAM full of dirty pages, some
+     * of them of a handle of @file, and no load in flight elsewhere that
+     * would free memory.  The backend writes some of that handle's dirty
+     * pages out on its own terms (fileh_dirty_writeout_oldest: into a
+     * transaction, say), which makes them clean and their memory reusable.
+     * Called unlocked, in the faulting thread.  0, or -errno: the fault
+     * fails.  A handle whose file has no spill fails the fault at once. */
+    int  (*spill)(BigFile *file);
 } BigFileOps;
 
 /* Embedded by the owner (e.g. a Python object); the core never allocates or
@@ -175,6 +192,14 @@ int  fileh_mmap(VMA **out, BigFileH *fileh, blk_t pgoffset, blk_t pglen);
  * running (e.g. called from storeblk); -ENOTRECOVERABLE: a fault of @fileh
  * failed (fileh_fault_failed), nothing was written. */
 int  fileh_dirty_writeout(BigFileH *fileh, int flags);
+
+/* Write out the @npages pages dirtied longest ago (STORE then MARKSTORED,
+ * as fileh_dirty_writeout does for all): for spilling.  They are
+ * write-protected before storeblk sees them, so that a write to one meanwhile
+ * waits for the store to end and then dirties it again -- never lost.  On a
+ * failed store every page stays dirty.  Returns how many pages became clean,
+ * or -errno as fileh_dirty_writeout. */
+int  fileh_dirty_writeout_oldest(BigFileH *fileh, size_t npages);
 
 /* Drop every dirty page; the next touch reloads from the file.  Clears
  * fileh_fault_failed.  -EBUSY while a writeout of @fileh runs. */

@@ -19,6 +19,8 @@ cdef extern from "virtmem.h" nogil:
         int  (*storeblk)(BigFile *file, blk_t blk, const void *buf)
         void (*release)(BigFile *file)
         int  (*mmapblk)(BigFile *file, blk_t blk, int *fd, uint64_t *offset)
+        int  (*dirtied)(BigFile *file)
+        int  (*spill)(BigFile *file)
 
     ctypedef struct BigFile:
         const BigFileOps *ops
@@ -67,6 +69,7 @@ cdef extern from "virtmem.h" nogil:
     int WRITEOUT_STORE
     int WRITEOUT_MARKSTORED
     int fileh_dirty_writeout(BigFileH *fileh, int flags)
+    int fileh_dirty_writeout_oldest(BigFileH *fileh, size_t npages)
     int fileh_dirty_discard(BigFileH *fileh)
     int fileh_invalidate_page(BigFileH *fileh, blk_t pgoffset)
     int fileh_isdirty(BigFileH *fileh)

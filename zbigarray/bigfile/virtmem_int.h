@@ -173,7 +173,7 @@ typedef struct Page {
     ListHead   mappings;         /* PageMapping.in_page */
     pthread_t  loader;           /* valid while LOADING */
     unsigned   invalidated : 1;  /* dropped while LOADING: loader throws its result away */
-    unsigned   storing : 1;      /* storeblk is running for it */
+    unsigned   storing : 1;      /* storeblk is running for it; a write fault waits */
     unsigned   window_lost : 1;  /* its window alias was kept by a callee */
     unsigned   fresh : 1;        /* LOADING into a slot with no memory yet */
 } Page;
@@ -225,7 +225,10 @@ struct BigFileH {
     unsigned   closed : 1;          /* fileh_close ran; freed when nloading, npinned == 0 */
     unsigned   no_direct : 1;       /* mapping mmapblk's fd failed: use loadblk */
     unsigned   fault_failed : 1;    /* a fault of it failed (fileh_fault_failed) */
+    unsigned   dirty_notified : 1;  /* ops->dirtied ran since ndirty was last 0 */
+    unsigned   spilling : 1;        /* ops->spill is running for it (fault.c) */
     uint64_t   nloadblk, nstoreblk;
+    uint64_t   nspilled;            /* pages made clean by dirty_writeout_oldest */
 };
 
 /* Free a closed handle once nothing refers to it.  Returns 1 if freed (the
