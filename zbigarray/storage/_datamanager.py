@@ -10,15 +10,17 @@ of the handle is alive, its writes still reach the transaction.
 
 The protocol, in transaction order (see ``docs/storage.md``):
 
-1. Join every transaction of the connection's transaction manager, with a
-   before-commit hook: from ``newTransaction`` (ISynchronizer) when the
-   manager announces one, and from :meth:`FileHDataManager.join_current` on
-   each ZBigArray access for transactions that begin implicitly (which
-   ``TransactionManager.get()`` does not announce), and from
-   ``Transaction.savepoint`` (see :func:`_join_at_savepoints`): a write
-   through a NumPy view is seen only by the page-fault handler, so a handle
-   may be dirty, or become dirty after the savepoint, without having joined,
-   and only a joined data manager is asked for its savepoint.
+1. Join every transaction of the connection's transaction manager that
+   changes the handle, with a before-commit hook: from ``newTransaction``
+   (ISynchronizer) when the manager announces one, from
+   :meth:`FileHDataManager.join_current` on each ZBigArray access, and --
+   the one that matters for writes through NumPy views, which only the
+   page-fault handler sees -- from the fault layer's ``dirtied`` callback,
+   before a write makes the handle's first page dirty, in whichever thread.
+   The connection's manager is a plain (not thread-local) one, so its
+   current transaction is the connection's from any thread.  A handle that
+   joins after a savepoint was taken gets ``transaction``'s own abort
+   savepoint for it: it was clean then, so discarding is the rollback.
 2. The before-commit hook runs ``dirty_writeout(WRITEOUT_STORE)``: dirty pages
    become block objects.  It must happen before the Connection stores the
    objects it has registered, and before-commit hooks run before any data
@@ -26,11 +28,21 @@ The protocol, in transaction order (see ``docs/storage.md``):
    catches a dirty handle that was not joined and stores then.
 3. ``tpc_finish``: ``dirty_writeout(WRITEOUT_MARKSTORED)``: only now, once the
    storage committed, are the pages clean.
-4. ``abort`` / ``tpc_abort``: ``dirty_discard()``; ZODB reverts the block
-   objects, the next touch reloads them.
-5. ``afterCompletion``: anything still dirty was never part of a transaction
-   that committed: discard it.  Ghostify the block objects just written, so
-   that their data is not kept twice (page + ZODB cache).
+4. ``abort`` / ``tpc_abort``: ``dirty_discard()``, and drop the pages of the
+   blocks stored during the transaction (spilled ones are clean, but hold
+   what is not committed); ZODB reverts the block objects, the next touch
+   reloads them.
+5. ``afterCompletion``: after an abort, as 4 (a handle unjoined by a
+   savepoint's rollback was never asked to abort); after a commit, ghostify
+   the block objects just written, so that their data is not kept twice
+   (page + ZODB cache).
+
+Beyond RAM, and savepoints (see :mod:`zbigarray.storage._uncommitted`): a
+fault that finds the RAM full of dirty pages spills the oldest into the
+transaction (``ZBlkBigFile.spill``); ``savepoint()`` saves the dirty pages'
+content to a temporary file and rolling back restores it lazily, at the next
+load of each block, so that it does not matter whether ``transaction`` rolls
+the connection back before or after us.
 
 A page fault of the handle that failed (a :class:`~zbigarray.bigfile.PageFaultError`
 was raised) dooms the transaction: its changes may hold values computed from
@@ -49,11 +61,9 @@ transaction, as ZODB requires.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import transaction
-from transaction import Transaction
 from transaction.interfaces import (DoomedTransaction, IDataManager, IDataManagerSavepoint,
                                     ISynchronizer, NoTransaction, TransactionFailedError)
 from zope.interface import implementer
@@ -99,14 +109,16 @@ def default_fileh(zfile: ZBigFile) -> BigFileH:
 
 
 class _Savepoint:
-    """Rolling back discards the pages written since the savepoint: there
-    were no dirty pages when it was taken (see FileHDataManager.savepoint)."""
+    """A savepoint of one handle: the epoch it closed and where the content
+    of the pages dirty then was saved (see _uncommitted)."""
 
-    def __init__(self, dm: FileHDataManager) -> None:
+    def __init__(self, dm: FileHDataManager, epoch: int, snapshot: dict[int, int]) -> None:
         self._dm = dm
+        self._epoch = epoch
+        self._snapshot = snapshot
 
     def rollback(self) -> None:
-        self._dm._discard()
+        self._dm._rollback(self._epoch, self._snapshot)
 
 
 @implementer(IDataManager, IDataManagerSavepoint, ISynchronizer)
@@ -127,6 +139,7 @@ class FileHDataManager:
         self.fileh = fileh
         self.transaction_manager: Any = None
         self._txn: Any = None
+        self._committed = False     # tpc_finish ran; afterCompletion resets it
         self._hook: ConnectionHook | None = None
 
     def bind(self) -> None:
@@ -183,15 +196,6 @@ class FileHDataManager:
         txn.addBeforeCommitHook(self._store)
         self._txn = txn
 
-    def join_savepoint(self, txn: Any) -> None:
-        """Join `txn`, whose savepoint is being taken.
-
-        Called when we are a synchronizer of `txn`'s manager, just before the
-        savepoint asks the joined data managers for theirs.
-        """
-        if not self._closed():
-            self._join(txn)
-
     def join_current(self) -> None:
         """Join the current transaction of our manager, if there is one.
 
@@ -208,14 +212,39 @@ class FileHDataManager:
         self._join(txn)
 
     def _discard(self) -> None:
+        """The transaction's changes are thrown away: dirty pages, and the
+        pages of blocks stored during it (by spills or a commit that did not
+        happen), which are clean but hold what was not committed."""
+        file = self._file
+        stored = set(file.stored) | file.uncommitted.stored()
+        file.uncommitted.clear()
+        file.stored.clear()
+        # What was recorded about them at the store (digests) describes
+        # nothing stored.
+        with file._lock:
+            for blk in stored:
+                file.deps.forget(blk)
         if not self.fileh.closed:
             self.fileh.dirty_discard()
-        # Blocks stored by a commit that did not happen: what was recorded
-        # about them at the store (digests) describes nothing stored.
-        with self._file._lock:
-            for blk in self._file.stored:
-                self._file.deps.forget(blk)
-        self._file.stored.clear()
+            for blk in stored:
+                self.fileh.invalidate_page(blk)
+
+    def _rollback(self, epoch: int, snapshot: dict[int, int]) -> None:
+        """Back to the savepoint that closed `epoch`: dirty pages go, and
+        the pages of blocks stored after it or saved in its snapshot (the
+        next load of those restores them, see _uncommitted)."""
+        file = self._file
+        drop = file.uncommitted.rollback(epoch, snapshot)
+        for blk in drop:
+            if blk not in file.uncommitted.stored():
+                file.stored.pop(blk, None)
+        with file._lock:
+            for blk in drop:
+                file.deps.forget(blk)
+        if not self.fileh.closed:
+            self.fileh.dirty_discard()
+            for blk in drop:
+                self.fileh.invalidate_page(blk)
 
     def _fault_failed(self) -> bool:
         return not self.fileh.closed and self.fileh.fault_failed
@@ -232,9 +261,16 @@ class FileHDataManager:
             "failed access saw: abort the transaction and redo it")
 
     def _store(self) -> None:
-        """Before-commit hook: dirty pages -> block objects."""
+        """Before-commit hook: dirty pages, and blocks a rollback left to
+        restore from a savepoint's snapshot, -> block objects."""
         self._refuse_if_fault_failed(self._txn)
-        self._file.stored.clear()
+        file = self._file
+        if file.uncommitted.overlay:
+            buf = memoryview(bytearray(self.zfile.blksize))
+            for blk, off in sorted(file.uncommitted.overlay.items()):
+                file.uncommitted.restore(off, buf)
+                file.storeblk(blk, buf)
+            file.uncommitted.overlay.clear()
         if not self.fileh.closed and self.fileh.isdirty():
             self.fileh.dirty_writeout(WRITEOUT_STORE)
 
@@ -281,15 +317,20 @@ class FileHDataManager:
 
     def afterCompletion(self, txn: Any) -> None:
         self._txn = None
+        committed, self._committed = self._committed, False
         if self._closed():
             return
-        if self.fileh.isdirty() or self.fileh.fault_failed:
-            self.fileh.dirty_discard()
+        if not committed:
+            # Aborted (abort() may not have been called: a handle that
+            # joined after a savepoint is unjoined by its rollback).
+            self._discard()
+            return
         with object_lock(self.zfile):     # ghostify may load (ZBlk1's chunk tree)
             for zblk in self._file.stored.values():
                 if zblk is not None:
                     zblk.ghostify()
         self._file.stored.clear()
+        self._file.uncommitted.clear()
 
     # IDataManager
     ##########################################################################
@@ -311,6 +352,7 @@ class FileHDataManager:
 
     def tpc_finish(self, txn: Any) -> None:
         self._txn = None
+        self._committed = True
         if self.fileh.closed:
             return
         self.fileh.dirty_writeout(WRITEOUT_MARKSTORED)
@@ -346,58 +388,22 @@ class FileHDataManager:
     ##########################################################################
 
     def savepoint(self) -> _Savepoint:
-        """A savepoint, when no page is dirty.
+        """A savepoint: the content of the dirty pages is saved, so that a
+        rollback restores it (see _uncommitted).
 
         Raises
         ------
-        TypeError
-            A page is dirty: its content cannot be restored on rollback.
+        DoomedTransaction
+            A page fault of the handle failed: its pages may hold values
+            computed from a stand-in, nothing to save.
         """
+        self._refuse_if_fault_failed(self._txn)
+        file = self._file
+        snapshot = dict(file.uncommitted.overlay)
         if not self.fileh.closed and self.fileh.isdirty():
-            raise TypeError(
-                "savepoint(): a ZBigFile file handle has uncommitted changes, which "
-                "savepoints cannot roll back; commit or abort before taking a savepoint")
-        return _Savepoint(self)
-
-
-def _join_at_savepoints() -> None:
-    """Let file handles join a transaction when its savepoint is taken.
-
-    A transaction that begins implicitly (``TransactionManager.get()`` after a
-    commit or abort) is announced to no synchronizer (``newTransaction`` is
-    called by ``begin()`` only, as ``ITransactionManager.begin`` documents),
-    and ``Transaction.savepoint`` asks only the data managers that joined.  A
-    handle written only through a NumPy view kept from an earlier transaction
-    has not joined (nothing in Python saw the write), so without this the
-    rollback would keep the write; and a handle still clean would not roll
-    back writes made after the savepoint.  Wrapping ``Transaction.savepoint``
-    makes every handle following the transaction's manager (its
-    synchronizers) join first: a dirty one then refuses the savepoint
-    (TypeError), a clean one rolls back what is written after it.  The
-    wrapper is installed once per process, on this module's import, and does
-    nothing for transactions without such handles.
-    """
-    original = Transaction.savepoint
-    if getattr(original, "_zbigarray_joins", False):
-        return
-    if not hasattr(Transaction(), "_synchronizers"):
-        # Without the synchronizers the wrapper could not find the handles
-        # and a savepoint could silently keep writes: refuse to work instead.
-        raise ImportError(
-            "zbigarray.storage: this version of the transaction package keeps a "
-            "transaction's synchronizers elsewhere than Transaction._synchronizers; "
-            "savepoints of transactions with ZBigArray changes could not be made safe")
-
-    @functools.wraps(original)
-    def savepoint(self: Transaction, optimistic: bool = False) -> Any:
-        def join(synch: Any) -> None:
-            if isinstance(synch, FileHDataManager):
-                synch.join_savepoint(self)
-        self._synchronizers.map(join)
-        return original(self, optimistic)
-
-    savepoint._zbigarray_joins = True   # type: ignore[attr-defined]
-    Transaction.savepoint = savepoint   # type: ignore[method-assign]
-
-
-_join_at_savepoints()
+            file.snapshot = snapshot
+            try:
+                self.fileh.dirty_writeout(WRITEOUT_STORE)
+            finally:
+                file.snapshot = None
+        return _Savepoint(self, file.uncommitted.close_epoch(), snapshot)

@@ -10,6 +10,12 @@ each holds the connection's lock while it uses the connection (see
 :mod:`zbigarray.storage._connlock`), and a load that fails because the
 storage lost its server is retried while it reconnects (see
 :mod:`zbigarray.storage._reconnect`).
+
+It also takes part in the transaction from inside page faults: ``dirtied``
+joins it before the handle's first change, and ``spill`` makes room when the
+RAM is full of dirty pages by storing the oldest into their block objects
+and moving those to the connection's savepoint storage (see
+:mod:`zbigarray.storage._uncommitted`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from zbigarray.storage import _btree
 from zbigarray.storage._connlock import object_lock
 from zbigarray.storage._invalidation import BlkDeps
 from zbigarray.storage._reconnect import retry_while_disconnected
+from zbigarray.storage._uncommitted import Uncommitted
 from zbigarray.storage.file_zodb import ZBLK1_CHUNKSIZE, ZBigFile, ZBlk1
 
 if TYPE_CHECKING:
@@ -52,8 +59,12 @@ class ZBlkBigFile(BigFile):
     def __init__(self, zfile: ZBigFile) -> None:
         self.zfile = zfile
         self.deps = BlkDeps()
-        # block -> block object (None: hole) written by the running commit
+        # block -> block object (None: hole) written this transaction
         self.stored: dict[int, Persistent | None] = {}
+        self.uncommitted = Uncommitted()
+        # While a savepoint is taken: block -> snapshot offset, and storeblk
+        # saves into the snapshot instead of the block objects.
+        self.snapshot: dict[int, int] | None = None
         self.dm: FileHDataManager | None = None
         # Records beyond this are pruned (see _prune); set by fileh_open.
         self.max_deps = 1 << 62
@@ -73,6 +84,17 @@ class ZBlkBigFile(BigFile):
 
     def loadblk(self, blk: int, buf: memoryview) -> None:
         with object_lock(self.zfile):
+            off = self.uncommitted.overlay.pop(blk, None)
+            if off is not None:
+                # Rolled back to a savepoint at which the block was dirty:
+                # its content then, stored again so that the page is clean.
+                try:
+                    self.uncommitted.restore(off, buf)
+                    self._store(blk, buf)
+                except BaseException:
+                    self.uncommitted.overlay[blk] = off
+                    raise
+                return
             zblk, path, data = retry_while_disconnected(
                 lambda: self._read(blk, buf), lambda: self._describe("loading", blk))
             digests = _chunk_digests(buf) if type(zblk) is ZBlk1 else None
@@ -111,6 +133,12 @@ class ZBlkBigFile(BigFile):
             fileh.invalidate_page(blk)
 
     def storeblk(self, blk: int, buf: memoryview) -> None:
+        if self.snapshot is not None:
+            self.snapshot[blk] = self.uncommitted.save(buf)
+            return
+        self._store(blk, buf)
+
+    def _store(self, blk: int, buf: memoryview) -> None:
         # Chunks whose digest is the one loaded (at this transaction's
         # snapshot, or stored by our last commit) are stored as they are.
         known = self.deps.digests.get(blk)
@@ -132,12 +160,37 @@ class ZBlkBigFile(BigFile):
             zblk = self.stored[blk] = retry_while_disconnected(
                 lambda: self.zfile.storeblkdata(blk, buf, unchanged),
                 lambda: self._describe("storing", blk))
+            self.uncommitted.note_stored(blk)
             with self._lock:
                 self.deps.unanchor(blk)
                 if type(zblk) is ZBlk1:
                     self.deps.digests[blk] = new if new is not None else _chunk_digests(buf)
                 else:
                     self.deps.digests.pop(blk, None)
+
+    def dirtied(self) -> None:
+        """Called inside the page fault before the handle's first change:
+        join the transaction now, whichever thread writes."""
+        if self.dm is not None:
+            self.dm.join_current()
+
+    def spill(self) -> None:
+        """Called inside a page fault that found the RAM full of dirty
+        pages: store the older half of ours into their block objects and move
+        those to the connection's savepoint storage, so that neither the
+        pages nor the objects stay in memory (see _uncommitted)."""
+        fileh = None if self.dm is None else self.dm.fileh
+        if fileh is None or fileh.closed:
+            return
+        fileh.dirty_writeout_oldest(max(1, fileh.stats()["ndirty"] // 2))
+        with object_lock(self.zfile):
+            jar = self.zfile._p_jar
+            if jar is None:
+                return      # a new file, in no connection yet: objects stay in memory
+            jar.savepoint()
+            for zblk in self.stored.values():
+                if zblk is not None:
+                    zblk.ghostify()
 
     def stale_blocks(self, changed: frozenset[bytes] | None) -> set[int]:
         """Blocks whose cached page `changed` oids make stale (None: all).
