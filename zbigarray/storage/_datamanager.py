@@ -235,9 +235,9 @@ class FileHDataManager:
         next load of those restores them, see _uncommitted)."""
         file = self._file
         drop = file.uncommitted.rollback(epoch, snapshot)
-        for blk in drop:
-            if blk not in file.uncommitted.stored():
-                file.stored.pop(blk, None)
+        still_stored = file.uncommitted.stored()
+        for blk in drop - still_stored:
+            file.stored.pop(blk, None)
         with file._lock:
             for blk in drop:
                 file.deps.forget(blk)

@@ -65,6 +65,8 @@ class ZBlkBigFile(BigFile):
         # While a savepoint is taken: block -> snapshot offset, and storeblk
         # saves into the snapshot instead of the block objects.
         self.snapshot: dict[int, int] | None = None
+        # While a spill runs: the block objects it stored.
+        self._spilled: list[Persistent] | None = None
         self.dm: FileHDataManager | None = None
         # Records beyond this are pruned (see _prune); set by fileh_open.
         self.max_deps = 1 << 62
@@ -161,6 +163,8 @@ class ZBlkBigFile(BigFile):
                 lambda: self.zfile.storeblkdata(blk, buf, unchanged),
                 lambda: self._describe("storing", blk))
             self.uncommitted.note_stored(blk)
+            if zblk is not None and self._spilled is not None:
+                self._spilled.append(zblk)
             with self._lock:
                 self.deps.unanchor(blk)
                 if type(zblk) is ZBlk1:
@@ -182,15 +186,19 @@ class ZBlkBigFile(BigFile):
         fileh = None if self.dm is None else self.dm.fileh
         if fileh is None or fileh.closed:
             return
-        fileh.dirty_writeout_oldest(max(1, fileh.stats()["ndirty"] // 2))
+        self._spilled = spilled = []
+        try:
+            fileh.dirty_writeout_oldest(max(1, fileh.stats()["ndirty"] // 2))
+        finally:
+            self._spilled = None
         with object_lock(self.zfile):
             jar = self.zfile._p_jar
             if jar is None:
                 return      # a new file, in no connection yet: objects stay in memory
             jar.savepoint()
-            for zblk in self.stored.values():
-                if zblk is not None:
-                    zblk.ghostify()
+            # Unchanged now (in the savepoint storage): the cache may drop them.
+            for zblk in spilled:
+                zblk.ghostify()
 
     def stale_blocks(self, changed: frozenset[bytes] | None) -> set[int]:
         """Blocks whose cached page `changed` oids make stale (None: all).
