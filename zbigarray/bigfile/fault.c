@@ -293,7 +293,9 @@ static int fault_spill(BigFileH *victim)
     victim->spilling = 1;
     victim->npinned++;
     virt_unlock();
+    virt__nwriteout_mine++;
     int err = file->ops->spill(file);
+    virt__nwriteout_mine--;
     virt__lock_in_fault();
     victim->spilling = 0;
     virt__loads_changed();
@@ -303,6 +305,18 @@ static int fault_spill(BigFileH *victim)
         err = -ENOMEM;
     fault_unpin(victim);
     return err;
+}
+
+/* @page's mapping in @vma, or NULL.  Locked. */
+static PageMapping *page_mapping_in_vma(Page *page, VMA *vma)
+{
+    ListHead *pos;
+    list_for_each_forward(pos, &page->mappings) {
+        PageMapping *m = list_entry(pos, PageMapping, in_page);
+        if (m->vma == vma)
+            return m;
+    }
+    return NULL;
 }
 
 /* Serve the fault at @blk of @vma with a stand-in.  Locked; returns
@@ -338,7 +352,7 @@ static int fault_map(Page *page, VMA *vma, int writable)
  * write).  Runs unlocked; takes the lock itself. */
 static int fault_serve(uintptr_t addr, int write)
 {
-    int map_failed = 0;     /* mapping the page failed: a stand-in instead */
+    int standin = 0;        /* failed with the page there: a stand-in instead */
 
     virt__lock_in_fault();
     for (;;) {
@@ -354,9 +368,13 @@ static int fault_serve(uintptr_t addr, int write)
         Page     *page = pagemap_get(&fileh->pagemap, blk);
         int       err, just_made = 0;   /* page allocated by this iteration */
 
-        if (fault_failing && (map_failed || !page || page->state == PAGE_LOADING)) {
+        if (fault_failing && (standin || !page || page->state == PAGE_LOADING)) {
             /* What this thread computes now is thrown away when its failure
-             * is reported: no load, no wait, for it. */
+             * is reported: no load, no wait, for it.  A page already shown
+             * read-only here gives way to the stand-in. */
+            PageMapping *m = standin && page ? page_mapping_in_vma(page, vma) : NULL;
+            if (m)
+                page__unmap_from(m);
             return fault_serve_standin(vma, blk);
         }
 
@@ -380,7 +398,7 @@ static int fault_serve(uintptr_t addr, int write)
                  * transaction), which makes them reclaimable. */
                 int busy;
                 BigFileH *victim = fault_spill_victim(fileh, &busy);
-                if (!victim && busy) {
+                if (!victim && busy && virt__nwriteout_mine == 0) {
                     virt__wait_loads();
                     continue;
                 }
@@ -458,15 +476,7 @@ static int fault_serve(uintptr_t addr, int write)
         }
 
         /* LOADED or DIRTY. */
-        PageMapping *m = NULL;
-        ListHead *pos, *tmp;
-        list_for_each_safe(pos, tmp, &page->mappings) {
-            PageMapping *mm = list_entry(pos, PageMapping, in_page);
-            if (mm->vma == vma) {
-                m = mm;
-                break;
-            }
-        }
+        PageMapping *m = page_mapping_in_vma(page, vma);
         if (m && m->writable) {
             /* Another thread mapped it between our fault and our lock; or the
              * access is of a kind we do not serve.  Retry a few times, then
@@ -493,10 +503,12 @@ static int fault_serve(uintptr_t addr, int write)
             virt_unlock();
             err = file->ops->dirtied(file);
             virt__lock_in_fault();
-            if (err)
+            if (err) {
                 fault_fail_pinned(fileh, blk, err, "the file's dirtied() failed");
-            else
+                standin = 1;    /* the write must not reach the page */
+            } else {
                 fileh->dirty_notified = 1;
+            }
             fault_unpin(fileh);
             continue;
         }
@@ -544,7 +556,7 @@ static int fault_serve(uintptr_t addr, int write)
         if (err) {
             fault_fail(fileh, blk, err, "cannot map the page (mmap failed; "
                        "too many mappings? see /proc/sys/vm/max_map_count)");
-            map_failed = 1;
+            standin = 1;
             continue;          /* failing now: a stand-in */
         }
         virt_unlock();

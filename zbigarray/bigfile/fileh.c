@@ -144,8 +144,11 @@ static int fileh_store_pages(BigFileH *fileh, Page **pages, size_t k)
         int own, r = 0;
         err = page__buf_get(page, 0, &buf, &own);
         virt_unlock();
-        if (!err)
+        if (!err) {
+            virt__nwriteout_mine++;
             r = file->ops->storeblk(file, blk, buf);
+            virt__nwriteout_mine--;
+        }
         virt_lock();
         if (!err)
             err = page__buf_put(page, buf, own, r);

@@ -26,6 +26,8 @@ static __thread sigset_t virt_saved_sigmask;
 
 static VirtGilHooks virt_gil_hooks;   /* zero: no-ops */
 
+__thread unsigned virt__nwriteout_mine;
+
 static void virt_lock_mutex(void)
 {
     BUG_ON(virt_lock_held);

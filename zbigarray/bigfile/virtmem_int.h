@@ -328,6 +328,11 @@ void  fault__forget_vma(VMA *vma);
 /* In a forked child, whose VMAs were emptied: forget every stand-in. */
 void  fault__forget_all_in_child(void);
 
+/* Writeouts (storeblk loops) and spills this thread has in flight: a fault
+ * inside one must not wait for handles busy with them -- it would wait for
+ * itself.  Unlocked (thread-local). */
+extern __thread unsigned virt__nwriteout_mine;
+
 /* Call file->ops->release for a handle freed under the lock (call unlocked). */
 void  virt__release_file(BigFile *file);
 
