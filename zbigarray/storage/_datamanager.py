@@ -328,7 +328,7 @@ class FileHDataManager:
         with object_lock(self.zfile):     # ghostify may load (ZBlk1's chunk tree)
             for zblk in self._file.stored.values():
                 if zblk is not None:
-                    zblk.ghostify()
+                    type(zblk).ghostify(zblk)    # a ghost stays one: no load
         self._file.stored.clear()
         self._file.uncommitted.clear()
 

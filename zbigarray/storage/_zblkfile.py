@@ -198,7 +198,7 @@ class ZBlkBigFile(BigFile):
             jar.savepoint()
             # Unchanged now (in the savepoint storage): the cache may drop them.
             for zblk in spilled:
-                zblk.ghostify()
+                type(zblk).ghostify(zblk)    # a ghost stays one: no load
 
     def stale_blocks(self, changed: frozenset[bytes] | None) -> set[int]:
         """Blocks whose cached page `changed` oids make stale (None: all).

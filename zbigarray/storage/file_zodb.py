@@ -161,6 +161,8 @@ class ZBlk1(Persistent):
 
     def ghostify(self) -> None:
         """Drop the block's chunks from the ZODB cache (unless changed)."""
+        if self._p_status == "ghost":
+            return      # reaching the chunks would load the chunk tree
         for zdata in self.chunktab.values():
             zdata._p_deactivate()
 
@@ -287,7 +289,9 @@ class ZBigFile(Persistent):
         path.append(self)
         zblk = _btree.lookup(self.blktab, blk, path)
         if zblk is not None:
-            zblk.blkdeps(deps)
+            # Through the class: looking a method up on a ghost ZBlk0 would
+            # load its whole block of data first.
+            type(zblk).blkdeps(zblk, deps)
         return zblk
 
     def storeblkdata(self, blk: int, buf: memoryview, unchanged: Container[int] = ()) -> Any:
