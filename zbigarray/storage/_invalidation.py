@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING
 from persistent import Persistent
 
 from zbigarray.storage._connlock import connection_lock
+from zbigarray.storage._storeflow import bound_store_queue
 
 if TYPE_CHECKING:
     from ZODB.Connection import Connection
@@ -164,6 +165,8 @@ class ConnectionHook:
     - Keeps each handle registered with the connection's current
       transaction manager, which changes when the connection is closed and
       opened again, possibly in another thread.
+    - Bounds what a ZEO client queues while a commit streams out
+      (:mod:`zbigarray.storage._storeflow`).
 
     Use :func:`connection_hook` to get it.
     """
@@ -175,6 +178,7 @@ class ConnectionHook:
         storage = conn._normal_storage
         self._poll: Callable[[], list[Oid] | None] = storage.poll_invalidations
         storage.poll_invalidations = self._poll_invalidations
+        bound_store_queue(conn)
 
     def add(self, dm: FileHDataManager) -> None:
         """Bind a file handle's data manager to this connection."""
