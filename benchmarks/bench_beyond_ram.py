@@ -138,12 +138,13 @@ def bench(fmt: str, repeat: int) -> None:
     base = rate("2G")
     print(f"\n{fmt}, median of {repeat}:")
     print("| RAM capacity | write, s | commit, s | total MiB/s | ratio | "
-          "peak RSS | spills (time, s) |")
+          "peak RSS: write / write+commit | spills (time, s) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, _cap in CONFIGS:
         ratio = "1 (baseline)" if name == "2G" else f"{rate(name) / base:.2f}×"
         print(f"| {name} | {med(name, 'write'):.2f} | {med(name, 'commit'):.2f} | "
-              f"{rate(name):.0f} | {ratio} | {med(name, 'hwm') / 2**20:.0f} MiB | "
+              f"{rate(name):.0f} | {ratio} | {med(name, 'hwm_write') / 2**20:.0f} / "
+              f"{med(name, 'hwm') / 2**20:.0f} MiB | "
               f"{med(name, 'spills'):.0f} ({med(name, 'spill_t'):.2f}) |")
     print(flush=True)
 
@@ -151,7 +152,7 @@ def bench(fmt: str, repeat: int) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeat", type=int, default=3, help="runs per configuration, ZBlk0")
-    p.add_argument("--zblk1-repeat", type=int, default=1,
+    p.add_argument("--zblk1-repeat", type=int, default=2,
                    help="runs per configuration with ZBlk1 (0: skip)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--profile", metavar="FILE",
