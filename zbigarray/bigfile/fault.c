@@ -250,10 +250,13 @@ static void fault_fail_nomem(BigFileH *fileh, blk_t blk, int err)
 }
 
 /* The handle whose dirty pages to spill when @fileh's RAM is full of them:
- * @fileh itself if it can, else the one of that RAM with the most dirty
- * pages whose file can spill.  NULL if none; then *@busy tells whether one
- * is being spilled or written out by another thread already (whose end will
- * make room, or make it spillable again).  Locked. */
+ * the one of that RAM with the most dirty pages whose file can spill (@fileh
+ * on a tie).  Not simply @fileh: with few dirty pages of its own, spilling
+ * them could take the very page the faulting instruction also needs (one
+ * that straddles two blocks), and the two would evict each other forever.
+ * NULL if none; then *@busy tells whether one is being spilled or written
+ * out by another thread already (whose end will make room, or make it
+ * spillable again).  Locked. */
 static BigFileH *fault_spill_victim(BigFileH *fileh, int *busy)
 {
     BigFileH *best = NULL;
@@ -270,9 +273,7 @@ static BigFileH *fault_spill_victim(BigFileH *fileh, int *busy)
         }
         if (h->ndirty == 0)
             continue;
-        if (h == fileh)
-            return h;
-        if (!best || h->ndirty > best->ndirty)
+        if (!best || h->ndirty > best->ndirty || (h->ndirty == best->ndirty && h == fileh))
             best = h;
     }
     return best;
