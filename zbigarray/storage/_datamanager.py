@@ -219,15 +219,7 @@ class FileHDataManager:
         stored = set(file.stored) | file.uncommitted.stored()
         file.uncommitted.clear()
         file.stored.clear()
-        # What was recorded about them at the store (digests) describes
-        # nothing stored.
-        with file._lock:
-            for blk in stored:
-                file.deps.forget(blk)
-        if not self.fileh.closed:
-            self.fileh.dirty_discard()
-            for blk in stored:
-                self.fileh.invalidate_page(blk)
+        self._drop_pages(stored)
 
     def _rollback(self, epoch: int, snapshot: dict[int, int]) -> None:
         """Back to the savepoint that closed `epoch`: dirty pages go, and
@@ -238,12 +230,18 @@ class FileHDataManager:
         still_stored = file.uncommitted.stored()
         for blk in drop - still_stored:
             file.stored.pop(blk, None)
+        self._drop_pages(drop)
+
+    def _drop_pages(self, blks: set[int]) -> None:
+        """Drop the dirty pages and the pages of `blks`, with what was
+        recorded about them (digests of a store describe nothing stored)."""
+        file = self._file
         with file._lock:
-            for blk in drop:
+            for blk in blks:
                 file.deps.forget(blk)
         if not self.fileh.closed:
             self.fileh.dirty_discard()
-            for blk in drop:
+            for blk in blks:
                 self.fileh.invalidate_page(blk)
 
     def _fault_failed(self) -> bool:
