@@ -7,7 +7,9 @@ live one, commits and aborts, against a NumPy model, over two arrays of one
 connection and a RAM of a few blocks, so that dirty pages spill into block
 objects and ZODB's savepoint storage.  It runs in a child process, whose
 default RAM gets its small capacity from ``ZBIGARRAY_RAM_MAX``.  Then
-deterministic edge cases.
+deterministic edge cases; single accesses straddling two blocks with the RAM
+nearly full of dirty pages (livelocks the machine found); and a check that
+zbigarray patches no class of transaction or ZODB.
 """
 
 from __future__ import annotations
@@ -41,15 +43,16 @@ RAM_BLOCKS = 6                      # RAM of the child processes
 TIMEOUT = 120
 
 
-def _in_child(name: str, timeout: float = TIMEOUT) -> str:
-    """Run module-level function `name` of this module in a child whose
-    default RAM holds `RAM_BLOCKS` blocks; return its stdout."""
+def _in_child(name: str, *args: Any, timeout: float = TIMEOUT) -> str:
+    """Run module-level function `name` of this module (with `args`, a repr
+    each) in a child whose default RAM holds `RAM_BLOCKS` blocks, under
+    `timeout` (faulthandler dumps the stacks before); return its stdout."""
     code = (f"import faulthandler\n"
             f"faulthandler.dump_traceback_later({timeout - 5}, exit=True)\n"
             f"from zbigarray.bigfile import ram_default\n"
             f"assert ram_default().capacity == {RAM_BLOCKS * BLKSIZE}\n"
             f"from {__name__} import {name}\n"
-            f"{name}()\n")
+            f"{name}(*{args!r})\n")
     r = run_python(code, env={"ZBIGARRAY_RAM_MAX": str(RAM_BLOCKS * BLKSIZE)},
                    timeout=timeout)
     assert r.returncode == 0, f"{name} failed (returncode {r.returncode}):\n" \
@@ -251,7 +254,7 @@ class SavepointMachine(RuleBasedStateMachine):
 def _run_machine() -> None:
     _count_spills()
     run_state_machine_as_test(SavepointMachine, settings=settings(
-        max_examples=80, stateful_step_count=40, deadline=None,
+        max_examples=100, stateful_step_count=50, deadline=None,
         suppress_health_check=[HealthCheck.too_slow]))
     print("spills", _SPILLS[0], _STATS)
     assert _SPILLS[0] > 0, "no spill happened: RAM too big?"
@@ -503,42 +506,53 @@ def _spilled_scenario(fmt: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _spilled_zblk0() -> None:
-    _spilled_scenario("ZBlk0")
-
-
-def _spilled_zblk1() -> None:
-    _spilled_scenario("ZBlk1")
-
-
 @pytest.mark.subprocess
 @pytest.mark.parametrize("fmt", ["ZBlk0", "ZBlk1"])
 def test_savepoint_with_spilled_blocks(fmt: str) -> None:
-    _in_child(f"_spilled_{fmt.lower()}", timeout=60)
+    _in_child("_spilled_scenario", fmt, timeout=60)
 
 
-# A single load or store across two blocks while the RAM is full of dirty pages
+# A single load or store across two blocks with the RAM nearly full of dirty
+# pages
 ###########################################################################
 
-def _straddling_access(store: bool) -> None:
-    """The RAM (6 blocks) holds 5 dirty pages of B and the only dirty page of
-    A (block 0); one 8-byte access then spans A's blocks 0 and 1 (as NumPy's
-    SIMD loops do on a slice starting off a 16-byte boundary).  Spilling
-    A's single dirty page to load block 1 would throw out block 0, which the
-    retried access needs: spill, load, spill... forever (it did, while B's
-    5 dirty pages were never spilled).  The access must complete."""
+STRADDLE_CASES = {
+    # B holds all pages but one, A the last one, dirty: spilling A's only
+    # dirty page (block 0) to load block 1 threw out the block the retried
+    # access needs, forever, while B's pages were never spilled.
+    "other_dirty_own_dirty": ("B", True),
+    # B's dirty pages leave one page for A's two clean blocks: each load
+    # reclaims the other clean page, and the RAM is never full of dirty pages,
+    # so nothing spills: load, reclaim, load... forever.
+    "other_dirty_own_clean": ("B", False),
+    # The same with one array: its own dirty pages (blocks 2-6) leave one page.
+    "own_dirty": ("A", False),
+}
+
+
+def _straddling_access(case: str, store: bool) -> None:
+    """All but one page of the RAM (6 blocks) are dirty; then one 8-byte
+    access spans A's blocks 0 and 1, as NumPy's SIMD loops (and memcpy) do on
+    slices off a 16-byte boundary.  It must complete."""
     import ctypes
+    others, a_dirty = STRADDLE_CASES[case]
     db = open_db("memory://")
     root = db.open().root()
-    root["A"] = A = ZBigArray(4 * PER, np.float64, blksize=BLKSIZE)
+    root["A"] = A = ZBigArray(8 * PER, np.float64, blksize=BLKSIZE)
     root["B"] = B = ZBigArray(8 * PER, np.float64, blksize=BLKSIZE)
     transaction.commit()
-    B[:(RAM_BLOCKS - 1) * PER] = 1.0
-    A[0] = 2.0
+    want = np.zeros(8 * PER)
+    if others == "B":
+        B[:(RAM_BLOCKS - 1) * PER] = 1.0
+    else:
+        A[2 * PER:(RAM_BLOCKS + 1) * PER] = 1.0
+        want[2 * PER:(RAM_BLOCKS + 1) * PER] = 1.0
+    if a_dirty:
+        A[0] = 2.0
+        want[0] = 2.0
+    want = want.view(np.uint8)
     v = A[:]
     word = ctypes.c_int64.from_address(v.__array_interface__["data"][0] + BLKSIZE - 4)
-    want = np.zeros(4 * PER * 8, np.uint8)
-    want[:8] = np.frombuffer(np.float64(2.0).tobytes(), np.uint8)
     if store:
         word.value = -1
         want[BLKSIZE - 4:BLKSIZE + 4] = 255
@@ -550,25 +564,25 @@ def _straddling_access(store: bool) -> None:
     db.close()
 
 
-def _straddling_store() -> None:
-    _straddling_access(True)
-
-
-def _straddling_load() -> None:
-    _straddling_access(False)
+def _straddling(case: str, access: str) -> None:
+    _straddling_access(case, access == "store")
 
 
 @pytest.mark.subprocess
 @pytest.mark.parametrize("access", ["store", "load"])
-def test_access_straddling_two_blocks_while_the_ram_is_full_of_dirty_pages(access: str
-                                                                            ) -> None:
-    _in_child(f"_straddling_{access}", timeout=30)
+@pytest.mark.parametrize("case", ["other_dirty_own_dirty", "other_dirty_own_clean",
+                                  "own_dirty"])
+def test_access_straddling_two_blocks_with_one_page_not_dirty(case: str, access: str
+                                                              ) -> None:
+    _in_child("_straddling", case, access, timeout=15)
 
 
 # zbigarray patches no class of transaction or ZODB
 ###########################################################################
 
 def _no_class_patched() -> None:
+    """Using arrays (a spill, a savepoint, a rollback, commits) changes no
+    class of transaction or ZODB either: a patch may come at first use."""
     import transaction._manager
     import transaction._transaction
     import ZODB.Connection
@@ -577,7 +591,6 @@ def _no_class_patched() -> None:
     before = [dict(vars(c)) for c in classes]
     import zbigarray.bigarray.array_zodb
     import zbigarray.storage
-    # And after using them: a patch may happen at first use.
     tmp = tempfile.mkdtemp(prefix="zbigarray-sp-")
     try:
         db = zbigarray.storage.open_db(os.path.join(tmp, "data.fs"))

@@ -44,6 +44,10 @@ static __thread int       fault_repeats;
 static __thread int       fault_chaining;
 /* Loads this thread has in flight (nested when loadblk touches a mapping). */
 static __thread size_t    fault_nloading_mine;
+/* The page this thread's last served fault mapped: the instruction being
+ * retried may need it still (an access straddling two blocks). */
+static __thread BigFileH *fault_last_fileh;
+static __thread blk_t     fault_last_blk;
 
 /* Per thread: a failure not yet reported (virt_fault_reported), and how many
  * failures the thread ever had: a loader compares the count before and after
@@ -320,6 +324,20 @@ static PageMapping *page_mapping_in_vma(Page *page, VMA *vma)
     return NULL;
 }
 
+/* Whether the only room left in @fileh's RAM is the page this thread's
+ * previous fault mapped.  Reclaiming it for this one would make the retried
+ * instruction fault on it again (an access straddling two blocks), which
+ * would reclaim this one, forever -- and nothing spills while a clean page
+ * remains.  Locked. */
+static int fault_room_is_only_mine(BigFileH *fileh)
+{
+    RAM *ram = fileh->ram;
+    if (ram->nclean != 1 || ram__has_room(ram, fileh->file->blksize))
+        return 0;
+    Page *only = list_entry(ram->lru.prev, Page, lru);
+    return only->fileh == fault_last_fileh && only->blk == fault_last_blk;
+}
+
 /* Serve the fault at @blk of @vma with a stand-in.  Locked; returns
  * unlocked. */
 static int fault_serve_standin(VMA *vma, blk_t blk)
@@ -354,6 +372,7 @@ static int fault_map(Page *page, VMA *vma, int writable)
 static int fault_serve(uintptr_t addr, int write)
 {
     int standin = 0;        /* failed with the page there: a stand-in instead */
+    int spilled = 0;        /* a spill made no room: do not ask again */
 
     virt__lock_in_fault();
     for (;;) {
@@ -377,6 +396,21 @@ static int fault_serve(uintptr_t addr, int write)
             if (m)
                 page__unmap_from(m);
             return fault_serve_standin(vma, blk);
+        }
+
+        if (!page && !spilled && fault_room_is_only_mine(fileh)) {
+            int busy;
+            BigFileH *victim = fault_spill_victim(fileh, &busy);
+            if (victim) {
+                err = fault_spill(victim);
+                if (!err)
+                    continue;
+                spilled = 1;    /* made no room: not again in this fault */
+                if (err != -ENOMEM) {
+                    fault_fail(fileh, blk, err, "spilling dirty pages to make room failed");
+                    continue;
+                }
+            }
         }
 
         if (!page) {
@@ -403,7 +437,7 @@ static int fault_serve(uintptr_t addr, int write)
                     virt__wait_loads();
                     continue;
                 }
-                if (victim) {
+                if (victim && !spilled) {
                     err = fault_spill(victim);
                     if (!err)
                         continue;
@@ -541,6 +575,8 @@ static int fault_serve(uintptr_t addr, int write)
                 fileh->no_direct = 1;
                 continue;
             }
+            fault_last_fileh = fileh;
+            fault_last_blk = blk;
             virt_unlock();
             return FAULT_HANDLED;
         }
@@ -560,6 +596,8 @@ static int fault_serve(uintptr_t addr, int write)
             standin = 1;
             continue;          /* failing now: a stand-in */
         }
+        fault_last_fileh = fileh;
+        fault_last_blk = blk;
         virt_unlock();
         return FAULT_HANDLED;
     }
