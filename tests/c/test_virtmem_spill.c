@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "fixture.h"
+#include "standin_policy.h"
 
 /* A word no block of the TestFile holds: written by thread @t into block
  * @blk in round @r. */
@@ -185,38 +186,6 @@ static void sem_wait5(sem_t *s)
     while (sem_timedwait(s, &ts) != 0) {
         CHECK_EQ(errno, EINTR);
     }
-}
-
-/* ------------------------------------------------------------ the policy */
-
-static struct {
-    int   n;
-    blk_t blk;
-    int   err;
-    int   first_err;
-} reports;
-
-static int standin_policy(BigFile *file, blk_t blk, int err, const char *what)
-{
-    (void)file;
-    (void)what;
-    if (reports.n++ == 0)
-        reports.first_err = err;
-    reports.blk = blk;
-    reports.err = err;
-    return VIRT_FAULT_STANDIN;
-}
-
-static void policy_begin(void)
-{
-    memset(&reports, 0, sizeof reports);
-    virt_set_fault_error_handler(standin_policy);
-}
-
-static void policy_end(void)
-{
-    virt_fault_reported();
-    virt_set_fault_error_handler(NULL);
 }
 
 /* -------------------------------------------------------------- dirtied */

@@ -9,37 +9,7 @@
 #include <string.h>
 
 #include "fixture.h"
-
-/* The policy under test: count the reports, remember the last one, and let
- * the core show a stand-in. */
-static struct {
-    int      n;
-    BigFile *file;
-    blk_t    blk;
-    int      err;
-} reports;
-
-static int standin_policy(BigFile *file, blk_t blk, int err, const char *what)
-{
-    (void)what;
-    reports.n++;
-    reports.file = file;
-    reports.blk = blk;
-    reports.err = err;
-    return VIRT_FAULT_STANDIN;
-}
-
-static void policy_begin(void)
-{
-    memset(&reports, 0, sizeof reports);
-    virt_set_fault_error_handler(standin_policy);
-}
-
-static void policy_end(void)
-{
-    virt_fault_reported();
-    virt_set_fault_error_handler(NULL);
-}
+#include "standin_policy.h"
 
 static int block_is_zero(const unsigned char *p, size_t blksize)
 {
