@@ -1,7 +1,7 @@
 """Build of zbigarray: the C virtual-memory core and the Cython modules over it.
 
-The core (every zbigarray/bigfile/*.c) is compiled with strict warnings into a
-static library, linked into the one extension that calls it,
+The core (zbigarray/bigfile/virtmem/: its C sources and headers) is compiled
+with strict warnings into a static library, linked into the one extension that calls it,
 zbigarray.bigfile._bigfile: the core has process-wide state (the SIGSEGV
 handler, the VMA registry, the default RAM), so exactly one copy of it may be
 loaded.  The other Cython modules (_blkbuf, _errors, _pyfile) do not call
@@ -21,19 +21,13 @@ from setuptools.command.build_clib import build_clib
 from setuptools.command.build_ext import build_ext
 
 BIGFILE = os.path.join("zbigarray", "bigfile")
+CORE_DIR = os.path.join(BIGFILE, "virtmem")
 CORE_LIB = "zbigvirtmem"
 CORE_CFLAGS = ["-Wall", "-Wextra", "-Werror", "-std=gnu11"]
 
 
-def core_sources() -> list[str]:
-    """The core's C files: every .c in bigfile/ that is not Cython output
-    (a module foo.pyx may leave its foo.c beside it)."""
-    pyx = {os.path.splitext(p)[0] for p in glob.glob(os.path.join(BIGFILE, "*.pyx"))}
-    return sorted(c for c in glob.glob(os.path.join(BIGFILE, "*.c"))
-                  if os.path.splitext(c)[0] not in pyx)
-
-
-CORE_HEADERS = sorted(glob.glob(os.path.join(BIGFILE, "*.h")))
+CORE_SOURCES = sorted(glob.glob(os.path.join(CORE_DIR, "*.c")))
+CORE_HEADERS = sorted(glob.glob(os.path.join(CORE_DIR, "*.h")))
 
 
 class build_clib_exact(build_clib):
@@ -75,7 +69,7 @@ def extension(name: str, *, core: bool) -> Extension:
     return Extension(
         f"zbigarray.bigfile.{name}",
         sources=[os.path.join(BIGFILE, f"{name}.pyx")],
-        include_dirs=[BIGFILE],
+        include_dirs=[CORE_DIR],
         depends=CORE_HEADERS,
         # The static core first, then what it needs.
         libraries=[CORE_LIB, "pthread"] if core else [],
@@ -84,8 +78,8 @@ def extension(name: str, *, core: bool) -> Extension:
 
 setup(
     libraries=[(CORE_LIB, {
-        "sources": core_sources(),
-        "include_dirs": [BIGFILE],
+        "sources": CORE_SOURCES,
+        "include_dirs": [CORE_DIR],
         "cflags": CORE_CFLAGS,
         "obj_deps": {"": CORE_HEADERS},
     })],
