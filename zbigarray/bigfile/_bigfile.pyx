@@ -23,12 +23,14 @@ from libc.stdint cimport SIZE_MAX, uint64_t
 from zbigarray.bigfile cimport virtmem as virt
 from zbigarray.bigfile._blkbuf cimport fill_byte_view
 from zbigarray.bigfile._errors cimport check as _check, u64_arg as _u64
-from zbigarray.bigfile._pyfile cimport (PyBigFile, fault_error, gil_hooks, pyfile_init_ops,
-                                        set_fault_state_calls)
+from zbigarray.bigfile._pyfile cimport (PyBigFile, fault_error, fault_remote_error, gil_hooks,
+                                        pyfile_init_ops, set_fault_state_calls)
 
 import operator
 import os
+import warnings
 import weakref
+from typing import NamedTuple
 
 from zbigarray.bigfile._pyfile import FAULT_ABORT_ENV, PageFaultError, PageFaultMemoryError
 
@@ -53,7 +55,80 @@ cdef size_t _pagesize = virt.virt_os_pagesize()
 
 virt.virt_set_gil_hooks(gil_hooks())
 virt.virt_set_fault_error_handler(fault_error)
+virt.virt_set_fault_remote_error_handler(fault_remote_error)
 set_fault_state_calls(virt.virt_fault_failing, virt.virt_fault_reported)
+
+
+# ------------------------------------------------- faults inside system calls
+
+USERFAULTFD_ENV = "ZBIGARRAY_USERFAULTFD"
+
+
+class UserfaultfdStatus(NamedTuple):
+    """Whether system calls on untouched pages are served (see
+    `userfaultfd_status`)."""
+    enabled: bool
+    reason: str | None   # why not, when not enabled
+
+
+class UserfaultfdWarning(RuntimeWarning):
+    """The kernel refused userfaultfd: system calls that touch pages of a
+    mapping not loaded yet (``os.write(fd, view)``, ``f.readinto(view)``,
+    ``numpy.save``) fail with EFAULT.  Issued once per process."""
+
+
+UserfaultfdWarning.__module__ = "zbigarray.bigfile"
+
+
+def userfaultfd_status():
+    """Whether page faults that the kernel takes inside system calls (writing
+    from a view, reading into one) are served, through a userfaultfd.
+
+    Decided at the first `BigFileH.mmap` of the process: on where the kernel
+    allows it (root, ``vm.unprivileged_userfaultfd=1``, or access to
+    ``/dev/userfaultfd``), off if it refuses, if ``$ZBIGARRAY_USERFAULTFD`` is
+    ``0``, and in a forked child.  When off, such system calls fail with
+    EFAULT on pages not loaded yet; `zbigarray.bigfile.prefault` loads them
+    first.
+
+    Returns
+    -------
+    UserfaultfdStatus
+        ``(enabled, reason)``; `reason` says why not, or is None.
+    """
+    cdef const char *reason = virt.virt_uffd_reason()
+    return UserfaultfdStatus(bool(virt.virt_uffd_enabled()),
+                             None if reason == NULL else reason.decode("utf-8", "replace"))
+
+
+def fault_proxy_thread():
+    """Inside `BigFile.loadblk` (or ``dirtied``, ``spill``) called to serve a
+    page fault taken inside a system call: the native thread id
+    (`threading.get_native_id`) of the thread that made the call -- the
+    callback then runs in a thread of the core, not in that one.  None
+    elsewhere.  Lets a backend act on behalf of the right thread (join its
+    transaction, say)."""
+    cdef virt.pid_t tid = virt.virt_fault_proxy_tid()
+    return None if tid == 0 else tid
+
+
+cdef bint _uffd_told = False
+
+cdef void _tell_uffd_status() except *:
+    """Warn once if the kernel refused userfaultfd (not if it was turned off
+    on purpose)."""
+    global _uffd_told
+    if _uffd_told:
+        return
+    _uffd_told = True
+    status = userfaultfd_status()
+    if not status.enabled and os.environ.get(USERFAULTFD_ENV) != "0" \
+            and "forked child" not in status.reason:
+        warnings.warn(
+            f"zbigarray: {status.reason}; system calls that touch pages not loaded yet "
+            "(os.write(fd, view), f.readinto(view), numpy.save) will fail with EFAULT: "
+            "load them first with zbigarray.bigfile.prefault(view), or set "
+            f"{USERFAULTFD_ENV}=0 to silence this", UserfaultfdWarning, stacklevel=3)
 
 
 # ----------------------------------------------------------------------- RAM
@@ -414,12 +489,16 @@ cdef class BigFileH:
         if nblk_max is not None and <object>off + <object>n > nblk_max:
             raise OverflowError(f"{what}: {self.file!r} addresses blocks below "
                                 f"{nblk_max} only")
+        if not _uffd_told:
+            _check(virt.virt_install_fault_handler(), what)   # decides on userfaultfd
+            _tell_uffd_status()
         err = virt.fileh_mmap(&cvma, c, off, n)
         if err == -EOVERFLOW:
             raise OverflowError(f"{what}: the range does not fit the address space")
         _check(err, what)
         vma = VMA.__new__(VMA)
         vma._c = cvma
+
         Py_INCREF(self)         # dropped in VMA.__dealloc__
         vma._fileh = <PyObject *>self
         vma.addr_start = virt.vma_addr_start(cvma)

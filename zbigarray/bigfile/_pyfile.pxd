@@ -20,5 +20,7 @@ cdef struct PyBigFile:
 cdef void pyfile_init_ops(PyBigFile *pf, bint dirtied, bint spill) noexcept
 cdef const virt.VirtGilHooks *gil_hooks()
 cdef int fault_error(virt.BigFile *cf, virt.blk_t blk, int err, const char *what) noexcept nogil
+cdef void fault_remote_error(virt.BigFile *cf, virt.blk_t blk, int err, const char *what,
+                             virt.pid_t tid) noexcept with gil
 cdef void set_fault_state_calls(int (*failing)() noexcept nogil,
                                 void (*reported)() noexcept nogil) noexcept

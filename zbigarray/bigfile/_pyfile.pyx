@@ -182,7 +182,8 @@ cdef bint _fail_stop_always = os.environ.get(FAULT_ABORT_ENV, "") not in ("", "0
 # thread ident -> what loadblk (or dirtied, spill) raised inside a page
 # fault, until fault_error takes it
 cdef dict _callback_errors = {}
-# thread ident -> the exception to raise in that thread, until it arrives
+# thread ident -> (the exception to raise in that thread, until it arrives;
+# whether it is for a system call's fault, served by a proxy thread)
 cdef dict _pending = {}
 
 
@@ -253,9 +254,9 @@ cdef object _arrival():
     """The exception prepared for this thread, which is raising it now; the
     core removes the thread's stand-ins.  None if there is none."""
     ident = PyThread_get_thread_ident()
-    exc = _pending.pop(ident, None)
-    if not _fault_failing():
-        return None         # a stale entry (its thread exited): not ours
+    exc, remote = _pending.pop(ident, (None, False))
+    if exc is None or not (remote or _fault_failing()):
+        return None         # none, or a stale entry (its thread exited): not ours
     _fault_reported()
     return exc
 
@@ -314,18 +315,47 @@ cdef int _prepare_exception(virt.BigFile *cf, virt.blk_t blk, int err,
             return virt.VIRT_FAULT_STANDIN
         owner = <object>(<PyBigFile *>cf).owner
         exc = _fault_exception(owner, blk, err, what.decode("utf-8", "replace"), cause)
-        _pending[ident] = exc
-        if ident == threading.main_thread().ident:
-            if Py_AddPendingCall(_raise_in_main_thread, NULL) == 0:
-                return virt.VIRT_FAULT_STANDIN
-        if PyThreadState_SetAsyncExc(ident, _arrival_class(exc)) != 1:
-            del _pending[ident]
-            raise RuntimeError("cannot deliver the exception to the faulting thread")
+        _deliver(ident, exc, False)
         return virt.VIRT_FAULT_STANDIN
     except BaseException:
         pass
     _fail_stop(cf, blk, err, what)
     return 0    # not reached
+
+
+cdef void _deliver(ident, exc, bint remote) except *:
+    """Have thread @ident raise @exc at the interpreter's next check."""
+    _pending[ident] = (exc, remote)
+    if ident == threading.main_thread().ident:
+        if Py_AddPendingCall(_raise_in_main_thread, NULL) == 0:
+            return
+    if PyThreadState_SetAsyncExc(ident, _arrival_class(exc)) != 1:
+        del _pending[ident]
+        raise RuntimeError("cannot deliver the exception to the faulting thread")
+
+
+cdef void fault_remote_error(virt.BigFile *cf, virt.blk_t blk, int err, const char *what,
+                             virt.pid_t tid) noexcept with gil:
+    """The core's virt_fault_remote_error_fn, run in the proxy thread that
+    served a fault of thread @tid inside a system call: the call failed with
+    EFAULT, which does not say why; that thread raises a PageFaultError
+    saying it as soon as it runs Python code again (usually while handling
+    the call's OSError).  A thread without Python gets the message on
+    stderr."""
+    cdef str text = what.decode("utf-8", "replace")
+    try:
+        cause = _callback_errors.pop(PyThread_get_thread_ident(), None)
+        owner = <object>(<PyBigFile *>cf).owner
+        exc = _fault_exception(owner, blk, err, text + " (inside a system call, which "
+                               "failed with EFAULT)", cause)
+        for thread in threading.enumerate():
+            if thread.native_id == tid:
+                _deliver(thread.ident, exc, True)
+                return
+        sys.stderr.write(f"zbigarray: a system call of thread {tid} failed (EFAULT): {exc}\n")
+    except BaseException:
+        fprintf(stderr, "zbigarray: a system call of thread %d failed (EFAULT): page fault "
+                "on block %llu not served: %s\n", <int>tid, <unsigned long long>blk, what)
 
 
 cdef void _fail_stop(virt.BigFile *cf, virt.blk_t blk, int err, const char *what) noexcept with gil:

@@ -106,3 +106,13 @@ cdef extern from "virtmem.h" nogil:
     void virt_set_fault_error_handler(virt_fault_error_fn fn)
     void virt_fault_reported()
     int  virt_fault_failing()
+
+    # -------------------------------------- faults inside system calls
+    ctypedef int pid_t
+    int         virt_uffd_enabled()
+    const char *virt_uffd_reason()
+    int         virt_uffd_signal()
+    pid_t       virt_fault_proxy_tid()
+    ctypedef void (*virt_fault_remote_error_fn)(BigFile *file, blk_t blk, int err,
+                                                const char *what, pid_t tid)
+    void virt_set_fault_remote_error_handler(virt_fault_remote_error_fn fn)

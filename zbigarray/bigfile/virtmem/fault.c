@@ -76,16 +76,48 @@ void virt_set_fault_error_handler(virt_fault_error_fn fn)
     fault_error = fn ? fn : fault_error_default;
 }
 
+/* A system call failed with EFAULT: its thread learns why from the call's
+ * error only, so say it. */
+static void fault_remote_error_default(BigFile *file, blk_t blk, int err, const char *what,
+                                       pid_t tid)
+{
+    fprintf(stderr, "zbigarray: a system call of thread %d failed (EFAULT): page fault "
+            "not served: %s (file %p, blk %llu): %s\n", (int)tid, what, (void *)file,
+            (unsigned long long)blk, strerror(-err));
+}
+
+static virt_fault_remote_error_fn fault_remote_error = fault_remote_error_default;
+
+void virt_set_fault_remote_error_handler(virt_fault_remote_error_fn fn)
+{
+    fault_remote_error = fn ? fn : fault_remote_error_default;
+}
+
 /* ---------------------------------------------------------------- stand-ins */
 
 /* Private zero memory shown at block @blk of @vma in place of a page that
- * could not be served, until thread @owner reports its failure. */
+ * could not be served, until thread @owner reports its failure.  Or a
+ * fence: the same, inaccessible, for a fault a proxy served for a system
+ * call (uffd.c), which then fails with EFAULT. */
 typedef struct StandIn {
     VMA       *vma;
     blk_t      blk;
-    pthread_t  owner;
+    pid_t      owner;       /* thread id (gettid) */
+    int        fence;       /* a fence: PROT_NONE, for a fault in a system call */
     ListHead   in_all;      /* fault_standins */
 } StandIn;
+
+/* @page's mapping in @vma, or NULL.  Locked. */
+static PageMapping *page_mapping_in_vma(Page *page, VMA *vma)
+{
+    ListHead *pos;
+    list_for_each_forward(pos, &page->mappings) {
+        PageMapping *m = list_entry(pos, PageMapping, in_page);
+        if (m->vma == vma)
+            return m;
+    }
+    return NULL;
+}
 
 /* Every stand-in shown now: one per failed fault until reported, so few. */
 static ListHead fault_standins = { &fault_standins, &fault_standins };
@@ -96,9 +128,10 @@ static void *fault_standin_addr(const StandIn *s)
                     (uintptr_t)(s->blk - s->vma->pgoffset) * s->vma->fileh->file->blksize);
 }
 
-/* Show a stand-in at @blk of @vma.  Locked.  -errno of mmap (the block's
- * range is then reserved again) or -ENOMEM. */
-static int fault_standin_map(VMA *vma, blk_t blk)
+/* Show a stand-in (or a @fence) owned by thread @owner at @blk of @vma.
+ * Locked.  -errno of mmap (the block's range is then reserved again) or
+ * -ENOMEM. */
+static int fault_standin_map(VMA *vma, blk_t blk, pid_t owner, int fence)
 {
     size_t blksize = vma->fileh->file->blksize;
     StandIn *s = malloc(sizeof *s);
@@ -106,35 +139,64 @@ static int fault_standin_map(VMA *vma, blk_t blk)
         return -ENOMEM;
     s->vma = vma;
     s->blk = blk;
-    s->owner = pthread_self();
+    s->owner = owner;
+    s->fence = fence;
     void *addr = fault_standin_addr(s);
-    /* Writable too: the faulting access may be a write; what it writes is
-     * lost with the stand-in, which is why the handle is marked failed. */
-    if (mmap(addr, blksize, PROT_READ | PROT_WRITE,
-             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) == MAP_FAILED) {
-        int err = -errno;
+    /* A stand-in is writable too: the faulting access may be a write; what
+     * it writes is lost with the stand-in, which is why the handle is marked
+     * failed.  A fence is not registered with the userfaultfd: the kernel's
+     * access fails there. */
+    int err = fence ? virt__reserve_at(addr, blksize) :
+              mmap(addr, blksize, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) == MAP_FAILED ?
+              -errno : 0;
+    if (err) {
         free(s);
         /* A failed MAP_FIXED may have left the range unmapped. */
-        BUG_ON(virt__reserve_at(addr, blksize) != 0);
+        BUG_ON(vma__reserve(vma, addr, blksize) != 0);
         return err;
     }
     list_add(&s->in_all, &fault_standins);
-    vma->fileh->fault_failed = 1;
+    if (!fence)
+        vma->fileh->fault_failed = 1;
     return 0;
+}
+
+/* Whether a page is mapped at @blk of @vma (over a stand-in or fence that
+ * was there: a fence lets the SIGSEGV path serve the block).  Locked. */
+static int fault_page_shown(VMA *vma, blk_t blk)
+{
+    Page *page = pagemap_get(&vma->fileh->pagemap, blk);
+    return page && page_mapping_in_vma(page, vma);
+}
+
+/* A page was mapped at @blk of @vma: a fence there is gone with it.
+ * Locked. */
+static void fault_forget_fence(VMA *vma, blk_t blk)
+{
+    ListHead *pos, *tmp;
+    list_for_each_safe(pos, tmp, &fault_standins) {
+        StandIn *s = list_entry(pos, StandIn, in_all);
+        if (s->vma == vma && s->blk == blk && s->fence) {
+            list_del(&s->in_all);
+            free(s);
+        }
+    }
 }
 
 /* Remove the stand-ins of @owner: their ranges become reservations again,
  * so that the next touch faults and loads.  Locked.  Fatal if the OS refuses
  * (at the vm.max_map_count limit): a stand-in left in place would be taken
  * for data. */
-static void fault_standins_drop(pthread_t owner)
+static void fault_standins_drop(pid_t owner)
 {
     ListHead *pos, *tmp;
     list_for_each_safe(pos, tmp, &fault_standins) {
         StandIn *s = list_entry(pos, StandIn, in_all);
-        if (!pthread_equal(s->owner, owner))
+        if (s->owner != owner)
             continue;
-        int err = virt__reserve_at(fault_standin_addr(s), s->vma->fileh->file->blksize);
+        int err = fault_page_shown(s->vma, s->blk) ? 0 :
+                  vma__reserve(s->vma, fault_standin_addr(s), s->vma->fileh->file->blksize);
         if (err) {
             fprintf(stderr, "zbigarray: cannot remove the stand-in of a failed page "
                     "fault: %s (too many mappings? see /proc/sys/vm/max_map_count)\n",
@@ -171,16 +233,16 @@ static void fault_on_thread_exit(void *failing)
 {
     (void)failing;
     virt_lock();
-    fault_standins_drop(pthread_self());
+    fault_standins_drop(virt__gettid());
     virt_unlock();
 }
 
 void virt_fault_reported(void)
 {
-    if (!fault_failing)
-        return;
+    /* Not only when failing: the fences of a system call's failed faults
+     * (served by a proxy) are this thread's too. */
     virt_lock();
-    fault_standins_drop(pthread_self());
+    fault_standins_drop(virt__gettid());
     virt_unlock();
     fault_failing = 0;
     if (fault_exit_key_ok)
@@ -198,7 +260,10 @@ int virt_fault_failing(void)
  * if it chose a stand-in: this thread is then failing. */
 static void fault_report(BigFile *file, blk_t blk, int err, const char *what)
 {
-    if (fault_error(file, blk, err, what) != VIRT_FAULT_STANDIN)
+    pid_t proxied = virt_fault_proxy_tid();
+    if (proxied)
+        fault_remote_error(file, blk, err, what, proxied);    /* and a fence: EFAULT */
+    else if (fault_error(file, blk, err, what) != VIRT_FAULT_STANDIN)
         fault_error_default(file, blk, err, what);   /* a handler that returned otherwise */
     fault_nfailed++;
     if (!fault_failing) {
@@ -312,18 +377,6 @@ static int fault_spill(BigFileH *victim)
     return err;
 }
 
-/* @page's mapping in @vma, or NULL.  Locked. */
-static PageMapping *page_mapping_in_vma(Page *page, VMA *vma)
-{
-    ListHead *pos;
-    list_for_each_forward(pos, &page->mappings) {
-        PageMapping *m = list_entry(pos, PageMapping, in_page);
-        if (m->vma == vma)
-            return m;
-    }
-    return NULL;
-}
-
 /* Whether the only room left in @fileh's RAM is the page this thread's
  * previous fault mapped.  Reclaiming it for this one would make the retried
  * instruction fault on it again (an access straddling two blocks), which
@@ -343,7 +396,8 @@ static int fault_room_is_only_mine(BigFileH *fileh)
 static int fault_serve_standin(VMA *vma, blk_t blk)
 {
     BigFile *file = vma->fileh->file;
-    int err = fault_standin_map(vma, blk);
+    pid_t proxied = virt_fault_proxy_tid();
+    int err = fault_standin_map(vma, blk, proxied ? proxied : virt__gettid(), proxied != 0);
     virt_unlock();
     if (err)
         fault_error_default(file, blk, err, "cannot map a stand-in for a failed page");
@@ -577,6 +631,7 @@ static int fault_serve(uintptr_t addr, int write)
             }
             fault_last_fileh = fileh;
             fault_last_blk = blk;
+            fault_forget_fence(vma, blk);
             virt_unlock();
             return FAULT_HANDLED;
         }
@@ -598,9 +653,67 @@ static int fault_serve(uintptr_t addr, int write)
         }
         fault_last_fileh = fileh;
         fault_last_blk = blk;
+        fault_forget_fence(vma, blk);
         virt_unlock();
         return FAULT_HANDLED;
     }
+}
+
+/* ------------------------------------------------------ userfaultfd (uffd.c) */
+
+void fault__serve_signalled(uintptr_t addr, int write)
+{
+    /* Not ours (the VMA went meanwhile): the instruction runs again and
+     * faults as it would without us. */
+    (void)fault_serve(addr, write);
+}
+
+void fault__serve_proxied(uintptr_t addr, int write)
+{
+    (void)fault_serve(addr, write);
+    /* A failure was a fence and a report for the proxied thread; the proxy
+     * itself computes nothing from it. */
+    fault_failing = 0;
+    if (fault_exit_key_ok)
+        (void)pthread_setspecific(fault_exit_key, NULL);
+}
+
+void fault__fence(uintptr_t addr, pid_t owner)
+{
+    VMA *vma = vma__lookup(addr);
+    if (!vma || !vma->uffd)
+        return;
+    blk_t blk = vma->pgoffset + (addr - vma->addr_start) / vma->fileh->file->blksize;
+    if (fault_page_shown(vma, blk))
+        return;     /* served meanwhile: the retry finds it */
+    int err = fault_standin_map(vma, blk, owner, 1);
+    if (err) {
+        fprintf(stderr, "zbigarray: cannot fence a page whose fault failed: %s\n",
+                strerror(-err));
+        abort();
+    }
+}
+
+void fault__report_gil_timeout(uintptr_t addr, pid_t tid)
+{
+    virt_lock();
+    VMA *vma = vma__lookup(addr);
+    if (!vma) {
+        virt_unlock();
+        return;
+    }
+    BigFileH *fileh = vma->fileh;
+    BigFile *file = fileh->file;
+    blk_t blk = vma->pgoffset + (addr - vma->addr_start) / file->blksize;
+    fileh->npinned++;
+    virt_unlock();
+    fault_remote_error(file, blk, -EDEADLK,
+                       "a system call touched the page while its thread held the Python "
+                       "GIL, which loading the page needs (touch the pages first: "
+                       "zbigarray.bigfile.prefault)", tid);
+    virt__lock_in_fault();
+    fault_unpin(fileh);
+    virt_unlock();
 }
 
 /* Hand a signal that is not ours to whoever would have had it. */
@@ -660,6 +773,7 @@ int virt_install_fault_handler(void)
     int err = 0;
 
     BUG_ON(pthread_mutex_lock(&fault_install_mutex) != 0);
+    uffd__start();
     if (!fault_exit_key_ok)
         fault_exit_key_ok = pthread_key_create(&fault_exit_key, fault_on_thread_exit) == 0;
     if (sigaction(SIGSEGV, NULL, &cur) != 0) {

@@ -8,7 +8,9 @@
  * mappings become empty reservations again, its pages are dropped without
  * touching the parent's memory, and each RAM gets a new, empty memfd.  The
  * child then works as a fresh process would: its handles reload blocks from
- * their files on first touch.  What it cannot see is the parent's
+ * their files on first touch.  It does so without userfaultfd (uffd.c): the
+ * kernel unregistered its copy of our ranges, and our server threads are
+ * not in it.  What it cannot see is the parent's
  * uncommitted changes (dirty pages) — they are the parent's alone.
  *
  * The virtmem lock is taken around fork() (prepare/parent/child handlers),
@@ -55,6 +57,7 @@ static void fork_child(void)
 {
     ListHead *p;
 
+    uffd__forget_in_child();
     list_for_each_forward(p, &fileh__all) {
         BigFileH *fileh = list_entry(p, BigFileH, in_all);
         ListHead *v;
@@ -65,6 +68,7 @@ static void fork_child(void)
              * freed with their pages. */
             BUG_ON(virt__reserve_at((void *)vma->addr_start,
                                     vma->addr_stop - vma->addr_start) != 0);
+            vma->uffd = 0;
             list_init(&vma->mappings);
         }
     }

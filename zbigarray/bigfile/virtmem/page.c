@@ -39,11 +39,11 @@ static uintptr_t page_addr_in(const Page *page, const VMA *vma)
  * munmap and the new reservation another thread could map something there;
  * MAP_FIXED_NOREPLACE then refuses to clobber it, and as the VMA's range is
  * no longer wholly ours that is fatal — a race only possible at the limit. */
-static int page_rereserve_at_limit(void *addr, size_t len)
+static int page_rereserve_at_limit(VMA *vma, void *addr, size_t len)
 {
     if (munmap(addr, len) != 0)
         return -errno;
-    void *got = mmap(addr, len, PROT_NONE,
+    void *got = mmap(addr, len, vma->uffd ? PROT_READ | PROT_WRITE : PROT_NONE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
     if (got == MAP_FAILED)
         return -errno;
@@ -51,6 +51,9 @@ static int page_rereserve_at_limit(void *addr, size_t len)
         munmap(got, len);
         return -EEXIST;
     }
+    /* Unregistered, empty memory would read as zeros: PROT_NONE then. */
+    if (vma->uffd && uffd__register(addr, len) != 0 && mprotect(addr, len, PROT_NONE) != 0)
+        return -errno;
     return 0;
 }
 
@@ -58,9 +61,9 @@ void page__unmap_from(PageMapping *m)
 {
     size_t blksize = m->page->fileh->file->blksize;
     void *addr = (void *)page_addr_in(m->page, m->vma);
-    int err = virt__reserve_at(addr, blksize);
+    int err = vma__reserve(m->vma, addr, blksize);
     if (err == -ENOMEM)
-        err = page_rereserve_at_limit(addr, blksize);
+        err = page_rereserve_at_limit(m->vma, addr, blksize);
     if (err)
         page_map_failed("unmap", err);
     list_del(&m->in_page);
@@ -108,7 +111,7 @@ int page__map_into(Page *page, VMA *vma, int writable)
         err = got == MAP_FAILED ? -errno : 0;
         /* A failed MAP_FIXED may have left the range unmapped: restore the
          * reservation so the address stays ours. */
-        if (err && virt__reserve_at(addr, blksize) != 0)
+        if (err && vma__reserve(vma, addr, blksize) != 0)
             page_map_failed("re-reserve", -errno);
     } else {
         err = ram__map_slot_at(page->fileh->ram, addr, page->ram_off, blksize, prot, 1);

@@ -19,6 +19,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -291,6 +292,34 @@ int  virt_fault_failing(void);
  * since it was opened): its dirty pages may hold values computed from a
  * stand-in, and fileh_dirty_writeout refuses (-ENOTRECOVERABLE). */
 int  fileh_fault_failed(BigFileH *fileh);
+
+/* -------------------------------------------- faults inside system calls */
+
+/* With a userfaultfd (Linux), the kernel's own accesses to a VMA's untouched
+ * pages -- write(fd, view), read(fd, view) and the like -- are served too,
+ * instead of failing with EFAULT (see uffd.c).  Started with the first
+ * fileh_mmap; off when the kernel refuses it or $ZBIGARRAY_USERFAULTFD is
+ * "0", and in forked children.  virt_uffd_enabled: whether it is on;
+ * virt_uffd_reason: why not (NULL when on); virt_uffd_signal: the signal the
+ * core uses for it (a real-time one; 0 when off) -- a program must leave it
+ * alone. */
+int         virt_uffd_enabled(void);
+const char *virt_uffd_reason(void);
+int         virt_uffd_signal(void);
+
+/* Inside loadblk/dirtied/spill called for a fault taken in a system call:
+ * the faulting thread's kernel thread id (the callback then runs in a proxy
+ * thread of the core, not in that thread).  0 otherwise. */
+pid_t       virt_fault_proxy_tid(void);
+
+/* A fault taken in a system call of thread @tid could not be served: the call
+ * fails with EFAULT (the block is fenced, inaccessible, until @tid calls
+ * virt_fault_reported(), or a page gets mapped there by a fault served in user
+ * mode).  This tells @tid why; called unlocked, in a proxy thread, with
+ * @file's owner alive.  Default: a line on stderr. */
+typedef void (*virt_fault_remote_error_fn)(BigFile *file, blk_t blk, int err,
+                                           const char *what, pid_t tid);
+void virt_set_fault_remote_error_handler(virt_fault_remote_error_fn fn);
 
 #ifdef __cplusplus
 }

@@ -9,6 +9,7 @@
 #define ZBIGARRAY_VIRTMEM_INT_H
 
 #include <pthread.h>
+#include <sys/types.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -192,6 +193,7 @@ typedef struct PageMapping {
 
 struct VMA {
     uintptr_t  addr_start, addr_stop;
+    int        uffd;        /* its empty pages are registered with the userfaultfd */
     blk_t      pgoffset, pglen;
     BigFileH  *fileh;
     ListHead   mappings;    /* PageMapping.in_vma */
@@ -320,7 +322,47 @@ void  virt__wait_loads(void);
 void  virt__loads_changed(void);
 void  virt__loads_reinit(void);     /* fork.c, in the child */
 
+/* Reserve [addr, addr+len) of @vma again, as it is when nothing is mapped
+ * there: registered with the userfaultfd if @vma is, else PROT_NONE.
+ * -errno of mmap. */
+int   vma__reserve(VMA *vma, void *addr, size_t len);
+
+/* ------------------------------------------------------------ uffd.c */
+
+/* Start serving faults through a userfaultfd, once (virt_install_fault_handler
+ * calls it); on any refusal the process goes on without (virt_uffd_reason). */
+void  uffd__start(void);
+int   uffd__active(void);
+
+/* Register [addr, addr+len) (already mapped as empty anonymous memory). */
+int   uffd__register(void *addr, size_t len);
+
+/* An empty registered reservation in place of [addr, addr+len): a page
+ * that cannot be registered falls back to PROT_NONE.  -errno of mmap. */
+int   uffd__reserve_at(void *addr, size_t len);
+
+/* In a forked child: no userfaultfd (its server threads are not there). */
+void  uffd__forget_in_child(void);
+
+/* This thread's kernel thread id (cached). */
+pid_t virt__gettid(void);
+
 /* ------------------------------------------------------------ fault.c */
+
+/* Serve a fault for uffd.c: in the faulting thread from the signal handler,
+ * or in a proxy for a thread parked in a system call (a failure then fences
+ * the block and is reported to that thread).  Unlocked. */
+void  fault__serve_signalled(uintptr_t addr, int write);
+void  fault__serve_proxied(uintptr_t addr, int write);
+
+/* Fence the block at @addr for thread @owner, unless a page is mapped
+ * there: its access fails as without userfaultfd.  Locked. */
+void  fault__fence(uintptr_t addr, pid_t owner);
+
+/* Tell thread @tid its system call's fault at @addr failed for want of the
+ * GIL.  Unlocked. */
+void  fault__report_gil_timeout(uintptr_t addr, pid_t tid);
+
 
 /* Forget the stand-ins shown in @vma, whose range is being unmapped. */
 void  fault__forget_vma(VMA *vma);

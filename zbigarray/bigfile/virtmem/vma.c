@@ -81,8 +81,22 @@ int fileh_mmap(VMA **out, BigFileH *fileh, blk_t pgoffset, blk_t pglen)
     if (err)
         return err;
 
-    void *addr = mmap(NULL, len, PROT_NONE,
-                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    /* Registered with the userfaultfd, empty memory (uffd.c); or, without
+     * one (or when the kernel refuses this range: strict overcommit counts
+     * writable private address space), an inaccessible reservation. */
+    int uffd = uffd__active();
+    void *addr = MAP_FAILED;
+    if (uffd) {
+        addr = mmap(NULL, len, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (addr != MAP_FAILED && uffd__register(addr, len) != 0) {
+            BUG_ON(munmap(addr, len) != 0);
+            addr = MAP_FAILED;
+        }
+        uffd = addr != MAP_FAILED;
+    }
+    if (addr == MAP_FAILED)
+        addr = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (addr == MAP_FAILED)
         return -errno;
 
@@ -96,6 +110,7 @@ int fileh_mmap(VMA **out, BigFileH *fileh, blk_t pgoffset, blk_t pglen)
     vma->pgoffset   = pgoffset;
     vma->pglen      = pglen;
     vma->fileh      = fileh;
+    vma->uffd       = uffd;
     list_init(&vma->mappings);
     list_init(&vma->in_fileh);
 

@@ -1,0 +1,673 @@
+/* Page faults taken inside system calls: userfaultfd.
+ *
+ * The kernel reports a fault on an inaccessible (PROT_NONE) page to the
+ * program as SIGSEGV only when the program's own instruction touched it; when
+ * the kernel itself touches the memory -- write(fd, view), read(fd, view),
+ * send, an HDF5 write -- the system call fails with EFAULT.  With a
+ * userfaultfd, a VMA's pages that hold nothing are not PROT_NONE but empty
+ * anonymous memory registered for "missing" faults: every first touch, by
+ * the CPU in user mode or by the kernel on the program's behalf, parks the
+ * touching thread in the kernel and posts an event to the userfaultfd, which
+ * our server threads read.
+ *
+ * Who serves the fault.  A fault must be served in a thread that may call
+ * loadblk, and loadblk of a Python file needs the GIL:
+ *
+ * - A user-mode fault comes from code that may hold the GIL (NumPy does).  It
+ *   can only be served by the faulting thread itself, as the SIGSEGV path
+ *   does.  So the server sends that thread a signal (UFFD_SIGNAL): a thread
+ *   parked in a user-mode fault is interruptible, runs the signal handler --
+ *   which serves the fault exactly as the SIGSEGV handler would -- and then
+ *   re-executes the instruction, which now finds the page.
+ * - A fault taken inside a system call cannot run a signal handler until the
+ *   call returns: the kernel retries the access at once and posts the same
+ *   event again.  A second event while our signal is undelivered is how a
+ *   server tells a system call from user code.  Such a fault is served by a
+ *   *proxy* thread of ours (which takes the GIL for loadblk: Python's I/O
+ *   releases it around system calls), which then wakes the parked thread.
+ *   Later faults of the same call (our signal is still undelivered) go to a
+ *   proxy directly.
+ *
+ * What cannot be served turns into EFAULT, as without userfaultfd: a *fence*
+ * (a PROT_NONE page) replaces the block in that VMA and the thread is woken;
+ * its system call fails, or, in user mode, the retried instruction faults
+ * on the fence and the SIGSEGV path serves it.  That happens when loadblk
+ * fails (the proxied thread is then told so, see virt_fault_remote_error_fn),
+ * and when a proxy cannot get the GIL within UFFD_GIL_TIMEOUT: the system
+ * call was made by a thread that holds the GIL and waits for the page.
+ *
+ * Everything here is an addition: the SIGSEGV handler still serves faults on
+ * fences, on VMAs that could not be registered, and write faults on
+ * read-only pages (the dirty tracking), and a process whose kernel refuses
+ * userfaultfd (unprivileged without access, seccomp, an old kernel, or
+ * ZBIGARRAY_USERFAULTFD=0) works as before, minus system calls on untouched
+ * pages. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "virtmem_int.h"
+
+#ifndef USERFAULTFD_IOC_NEW
+#define USERFAULTFD_IOC_NEW _IO(0xAA, 0x00)
+#endif
+
+/* Server threads: one per CPU the process may run on, each pinned to its CPU
+ * (measured: a server on the faulting thread's CPU answers in ~10 us on a
+ * 2-core VM, one woken on the other CPU in ~50 us), at most this many. */
+#define UFFD_MAX_SERVERS   8
+/* Proxies serving faults of system calls, created on demand. */
+#define UFFD_MAX_PROXIES   8
+/* Our signal: SIGRTMIN + this (Python and glibc use none of these). */
+#define UFFD_SIGNAL_OFFSET 6
+/* Threads with a request at a time (threads parked in a fault). */
+#define UFFD_MAX_THREADS   4096
+/* A signalled thread that neither ran the handler nor faulted again within
+ * this time has the signal blocked: a proxy serves it. */
+#define UFFD_SIGNAL_TIMEOUT 0.2
+/* A proxy that could not get the GIL within this time is waiting for the
+ * thread it serves, which holds it: that fault fails with EFAULT. */
+#define UFFD_GIL_TIMEOUT    1.0
+
+enum { REQ_IDLE, REQ_SIGNALLED, REQ_SELF, REQ_PROXY };
+
+/* The fault a thread is parked in, if any.  `word` is (generation << 3 |
+ * state): the server and the signal handler race for a request with a
+ * compare-and-swap on it, so that exactly one of them serves it, and the
+ * handler never takes a lock (it may interrupt anything, see below). */
+typedef struct UffdThread {
+    pid_t     tid;              /* 0: free slot */
+    uint64_t  word;
+    int       signal_pending;   /* our signal was sent and not yet handled */
+    uintptr_t addr;             /* the request's address, written before `word` */
+    int       write;
+    double    since;            /* when the request was made */
+    uint64_t  timed_out_gen;    /* the proxy of this request timed out */
+} UffdThread;
+
+typedef struct UffdJob {
+    UffdThread *t;
+    uint64_t    gen;
+    pid_t       tid;
+    uintptr_t   addr;
+    int         write;
+} UffdJob;
+
+static pthread_mutex_t uffd_mutex = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t  uffd_jobs_cond = PTHREAD_COND_INITIALIZER;
+
+static int    uffd_fd = -1;
+static int    uffd_state;          /* 0 not tried, 1 on, -1 off */
+static char   uffd_reason[192];
+static int    uffd_signo;
+static pid_t  uffd_pid;
+
+static UffdThread uffd_threads[UFFD_MAX_THREADS];
+static size_t     uffd_nthreads_hw;     /* slots [0, hw) may be in use */
+static size_t     uffd_noutstanding;    /* requests SIGNALLED or PROXY */
+
+static UffdJob    uffd_jobs[UFFD_MAX_THREADS];
+static size_t     uffd_jobs_head, uffd_jobs_len;
+static int        uffd_nproxies, uffd_nidle;
+
+/* In a proxy: the thread whose fault it serves (0 elsewhere). */
+static __thread pid_t uffd_proxy_for;
+static __thread pid_t uffd_my_tid;
+
+static pid_t uffd_gettid(void)
+{
+    if (!uffd_my_tid)
+        uffd_my_tid = (pid_t)syscall(SYS_gettid);
+    return uffd_my_tid;
+}
+
+static double uffd_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static uint64_t req_word(uint64_t gen, int state) { return gen << 3 | (uint64_t)state; }
+static int      req_state(uint64_t word) { return (int)(word & 7); }
+static uint64_t req_gen(uint64_t word)   { return word >> 3; }
+
+int virt_uffd_signal(void)
+{
+    return uffd_state == 1 ? uffd_signo : 0;
+}
+
+int virt_uffd_enabled(void)
+{
+    return uffd_state == 1;
+}
+
+const char *virt_uffd_reason(void)
+{
+    return uffd_state == 1 ? NULL : uffd_state == 0 ? "not started yet" : uffd_reason;
+}
+
+pid_t virt_fault_proxy_tid(void)
+{
+    return uffd_proxy_for;
+}
+
+pid_t virt__gettid(void)
+{
+    return uffd_gettid();
+}
+
+/* -------------------------------------------------------------- reservations */
+
+int uffd__register(void *addr, size_t len)
+{
+    struct uffdio_register reg;
+    memset(&reg, 0, sizeof reg);
+    reg.range.start = (uintptr_t)addr;
+    reg.range.len = len;
+    reg.mode = UFFDIO_REGISTER_MODE_MISSING;
+    if (ioctl(uffd_fd, UFFDIO_REGISTER, &reg) != 0)
+        return -errno;
+    return 0;
+}
+
+int uffd__reserve_at(void *addr, size_t len)
+{
+    /* Inaccessible first, registered, then accessible: a thread touching the
+     * range in between must not populate it with zeros (it would keep them:
+     * only missing pages are reported).  In between, a user-mode touch is
+     * served by the SIGSEGV path once we unlock, while a system call's touch
+     * fails with EFAULT -- a window of two system calls, on a page that is
+     * being dropped, which no atomic kernel operation closes (a mapping
+     * replaced in place by mmap or moved by mremap loses its registration).
+     * MAP_NORESERVE: no commit charge for address space. */
+    int err = virt__reserve_at(addr, len);
+    if (err)
+        return err;
+    /* Unregistered, the range stays inaccessible: the SIGSEGV path serves
+     * it (EFAULT in system calls). */
+    if (uffd__register(addr, len) == 0 && mprotect(addr, len, PROT_READ | PROT_WRITE) != 0)
+        return -errno;
+    return 0;
+}
+
+int vma__reserve(VMA *vma, void *addr, size_t len)
+{
+    return vma->uffd ? uffd__reserve_at(addr, len) : virt__reserve_at(addr, len);
+}
+
+int uffd__active(void)
+{
+    return uffd_state == 1;
+}
+
+/* ----------------------------------------------------------- thread records */
+
+/* The slot of @tid, or NULL.  Lock-free: a slot's tid changes only while no
+ * signal of ours is outstanding for it. */
+static UffdThread *uffd_thread_find(pid_t tid)
+{
+    size_t hw = __atomic_load_n(&uffd_nthreads_hw, __ATOMIC_ACQUIRE);
+    for (size_t i = 0; i < hw; i++)
+        if (__atomic_load_n(&uffd_threads[i].tid, __ATOMIC_ACQUIRE) == tid)
+            return &uffd_threads[i];
+    return NULL;
+}
+
+/* The slot of @tid, made if needed (reusing one with nothing outstanding).
+ * uffd_mutex held.  NULL if the table is full. */
+static UffdThread *uffd_thread_get(pid_t tid)
+{
+    UffdThread *t = uffd_thread_find(tid), *reuse = NULL;
+    if (t)
+        return t;
+    for (size_t i = 0; i < uffd_nthreads_hw && !reuse; i++) {
+        UffdThread *s = &uffd_threads[i];
+        if (s->tid == 0 || (!__atomic_load_n(&s->signal_pending, __ATOMIC_ACQUIRE) &&
+                            req_state(__atomic_load_n(&s->word, __ATOMIC_ACQUIRE)) == REQ_IDLE))
+            reuse = s;
+    }
+    if (!reuse) {
+        if (uffd_nthreads_hw == UFFD_MAX_THREADS)
+            return NULL;
+        reuse = &uffd_threads[uffd_nthreads_hw];
+        __atomic_store_n(&uffd_nthreads_hw, uffd_nthreads_hw + 1, __ATOMIC_RELEASE);
+    }
+    reuse->signal_pending = 0;
+    reuse->timed_out_gen = 0;
+    __atomic_store_n(&reuse->tid, tid, __ATOMIC_RELEASE);
+    return reuse;
+}
+
+/* ------------------------------------------------------------------ proxies */
+
+static void uffd_wake(uintptr_t addr)
+{
+    struct uffdio_range range;
+    size_t ps = virt_os_pagesize();
+    range.start = addr & ~(uintptr_t)(ps - 1);
+    range.len = ps;
+    /* Fails only for a range that is not ours: nothing waits there then. */
+    (void)ioctl(uffd_fd, UFFDIO_WAKE, &range);
+}
+
+static void *uffd_proxy_main(void *arg);
+
+/* Queue a fault for a proxy.  uffd_mutex held. */
+static void uffd_proxy(UffdThread *t, uint64_t gen, uintptr_t addr, int write)
+{
+    BUG_ON(uffd_jobs_len == UFFD_MAX_THREADS);     /* one per thread slot at most */
+    UffdJob *job = &uffd_jobs[(uffd_jobs_head + uffd_jobs_len++) % UFFD_MAX_THREADS];
+    job->t = t;
+    job->gen = gen;
+    job->tid = t->tid;
+    job->addr = addr;
+    job->write = write;
+    t->since = uffd_now();
+    if (uffd_nidle > 0 || uffd_nproxies >= UFFD_MAX_PROXIES) {
+        BUG_ON(pthread_cond_signal(&uffd_jobs_cond) != 0);
+        return;
+    }
+    pthread_t th;
+    pthread_attr_t attr;
+    sigset_t all, old;
+    BUG_ON(pthread_attr_init(&attr) != 0);
+    BUG_ON(pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) != 0);
+    /* Proxies take no process signals (SIGINT and the like are for the
+     * program's threads); our own fault signal they do take, as they may
+     * fault in user mode themselves inside loadblk. */
+    sigfillset(&all);
+    sigdelset(&all, uffd_signo);
+    sigdelset(&all, SIGSEGV);
+    BUG_ON(pthread_sigmask(SIG_SETMASK, &all, &old) != 0);
+    if (pthread_create(&th, &attr, uffd_proxy_main, NULL) == 0)
+        uffd_nproxies++;
+    BUG_ON(pthread_sigmask(SIG_SETMASK, &old, NULL) != 0);
+    BUG_ON(pthread_attr_destroy(&attr) != 0);
+    if (uffd_nproxies == 0) {
+        /* No proxy at all (out of threads): the fault fails as without us. */
+        uffd_jobs_len--;
+        __atomic_store_n(&t->word, req_word(gen, REQ_IDLE), __ATOMIC_RELEASE);
+        __atomic_fetch_sub(&uffd_noutstanding, 1, __ATOMIC_ACQ_REL);
+        virt_lock();
+        fault__fence(addr, t->tid);
+        virt_unlock();
+        uffd_wake(addr);
+    }
+}
+
+static void *uffd_proxy_main(void *arg)
+{
+    (void)arg;
+    BUG_ON(pthread_mutex_lock(&uffd_mutex) != 0);
+    for (;;) {
+        while (uffd_jobs_len == 0) {
+            uffd_nidle++;
+            BUG_ON(pthread_cond_wait(&uffd_jobs_cond, &uffd_mutex) != 0);
+            uffd_nidle--;
+        }
+        UffdJob job = uffd_jobs[uffd_jobs_head];
+        uffd_jobs_head = (uffd_jobs_head + 1) % UFFD_MAX_THREADS;
+        uffd_jobs_len--;
+        BUG_ON(pthread_mutex_unlock(&uffd_mutex) != 0);
+
+        uffd_proxy_for = job.tid;
+        fault__serve_proxied(job.addr, job.write);
+        uffd_proxy_for = 0;
+
+        BUG_ON(pthread_mutex_lock(&uffd_mutex) != 0);
+        int timed_out = job.t->timed_out_gen == job.gen;
+        uint64_t w = req_word(job.gen, REQ_PROXY);
+        if (__atomic_compare_exchange_n(&job.t->word, &w, req_word(job.gen, REQ_IDLE), 0,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            __atomic_fetch_sub(&uffd_noutstanding, 1, __ATOMIC_ACQ_REL);
+        BUG_ON(pthread_mutex_unlock(&uffd_mutex) != 0);
+        uffd_wake(job.addr);
+        if (timed_out)
+            fault__report_gil_timeout(job.addr, job.tid);
+        BUG_ON(pthread_mutex_lock(&uffd_mutex) != 0);
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ servers */
+
+/* A fault event from thread @tid at @addr.  uffd_mutex held. */
+static void uffd_on_fault(pid_t tid, uintptr_t addr, int write)
+{
+    UffdThread *t = uffd_thread_get(tid);
+    if (!t) {
+        /* More threads parked in faults than we track: that one gets the
+         * fault as without userfaultfd. */
+        virt_lock();
+        fault__fence(addr, tid);
+        virt_unlock();
+        uffd_wake(addr);
+        return;
+    }
+    uint64_t w = __atomic_load_n(&t->word, __ATOMIC_ACQUIRE);
+    uint64_t gen = req_gen(w) + 1;
+    int pending = __atomic_load_n(&t->signal_pending, __ATOMIC_ACQUIRE);
+
+    switch (req_state(w)) {
+    case REQ_SIGNALLED:
+        if (!pending)
+            break;      /* the handler gave it up (it ran under our lock): anew */
+        /* Faulted again without running the handler: the thread is inside
+         * a system call (the kernel retries at once while a signal waits). */
+        if (__atomic_compare_exchange_n(&t->word, &w, req_word(req_gen(w), REQ_PROXY), 0,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            uffd_proxy(t, req_gen(w), t->addr, t->write);
+        return;
+    case REQ_PROXY:
+        return;         /* the same fault, posted again: a proxy serves it */
+    default:
+        break;
+    }
+    t->addr = addr;
+    t->write = write;
+    t->since = uffd_now();
+    /* A request being served by the handler (SELF) is superseded by this
+     * one, a fault inside that handler: it stays counted once. */
+    if (req_state(w) == REQ_IDLE)
+        __atomic_fetch_add(&uffd_noutstanding, 1, __ATOMIC_ACQ_REL);
+    if (pending) {
+        /* A signal of an earlier fault is still undelivered: a system call
+         * again (its earlier pages were proxied too). */
+        __atomic_store_n(&t->word, req_word(gen, REQ_PROXY), __ATOMIC_RELEASE);
+        uffd_proxy(t, gen, addr, write);
+        return;
+    }
+    __atomic_store_n(&t->word, req_word(gen, REQ_SIGNALLED), __ATOMIC_RELEASE);
+    __atomic_store_n(&t->signal_pending, 1, __ATOMIC_RELEASE);
+    if (syscall(SYS_tgkill, uffd_pid, tid, uffd_signo) != 0) {
+        /* The thread is gone: nothing waits for the page. */
+        __atomic_store_n(&t->signal_pending, 0, __ATOMIC_RELEASE);
+        __atomic_store_n(&t->word, req_word(gen, REQ_IDLE), __ATOMIC_RELEASE);
+        __atomic_fetch_sub(&uffd_noutstanding, 1, __ATOMIC_ACQ_REL);
+    }
+}
+
+/* Requests that waited too long.  uffd_mutex held. */
+static void uffd_check_timeouts(void)
+{
+    double now = uffd_now();
+    for (size_t i = 0; i < uffd_nthreads_hw; i++) {
+        UffdThread *t = &uffd_threads[i];
+        uint64_t w = __atomic_load_n(&t->word, __ATOMIC_ACQUIRE);
+        if (req_state(w) == REQ_SIGNALLED && now - t->since > UFFD_SIGNAL_TIMEOUT) {
+            /* The signal is blocked in that thread: proxy it. */
+            if (__atomic_compare_exchange_n(&t->word, &w, req_word(req_gen(w), REQ_PROXY), 0,
+                                            __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+                uffd_proxy(t, req_gen(w), t->addr, t->write);
+        } else if (req_state(w) == REQ_PROXY && t->timed_out_gen != req_gen(w) &&
+                   now - t->since > UFFD_GIL_TIMEOUT) {
+            /* The proxy waits for the GIL, which the parked thread holds
+             * (a system call made without releasing it): fail that access
+             * as without userfaultfd.  The proxy finishes when it can and
+             * reports the failure then. */
+            t->timed_out_gen = req_gen(w);
+            virt_lock();
+            fault__fence(t->addr, t->tid);
+            virt_unlock();
+            uffd_wake(t->addr);
+        }
+    }
+}
+
+static int uffd_next_timeout_ms(void)
+{
+    return __atomic_load_n(&uffd_noutstanding, __ATOMIC_ACQUIRE) ? 50 : -1;
+}
+
+static void *uffd_server_main(void *arg)
+{
+    long cpu = (long)arg;
+    if (cpu >= 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET((int)cpu, &set);
+        /* Best effort: unpinned, it still serves, only slower. */
+        (void)pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+    }
+    for (;;) {
+        BUG_ON(pthread_mutex_lock(&uffd_mutex) != 0);
+        int timeout = uffd_next_timeout_ms();
+        BUG_ON(pthread_mutex_unlock(&uffd_mutex) != 0);
+
+        struct pollfd pfd = { .fd = uffd_fd, .events = POLLIN };
+        int n = poll(&pfd, 1, timeout);
+        if (n < 0 && errno != EINTR) {
+            fprintf(stderr, "zbigarray: userfaultfd poll failed: %s\n", strerror(errno));
+            abort();
+        }
+        struct uffd_msg msgs[16];
+        ssize_t got = n > 0 ? read(uffd_fd, msgs, sizeof msgs) : 0;
+        if (got < 0 && errno != EAGAIN && errno != EINTR) {
+            fprintf(stderr, "zbigarray: userfaultfd read failed: %s\n", strerror(errno));
+            abort();
+        }
+        BUG_ON(pthread_mutex_lock(&uffd_mutex) != 0);
+        for (ssize_t i = 0; got > 0 && i < got / (ssize_t)sizeof msgs[0]; i++) {
+            if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
+                continue;
+            uffd_on_fault((pid_t)msgs[i].arg.pagefault.feat.ptid,
+                          (uintptr_t)msgs[i].arg.pagefault.address,
+                          (msgs[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) != 0);
+        }
+        if (__atomic_load_n(&uffd_noutstanding, __ATOMIC_ACQUIRE))
+            uffd_check_timeouts();
+        BUG_ON(pthread_mutex_unlock(&uffd_mutex) != 0);
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------------------ the signal */
+
+/* Runs in a thread our server signalled: if it is parked in the fault we were
+ * told of (user mode), serve it here, as the SIGSEGV handler would.  The
+ * signal can also arrive late -- after a system call whose faults proxies
+ * served, or after another thread's wake let this one go on -- at any point
+ * of the program: then the request is no longer SIGNALLED, or the page is
+ * there already, and nothing is done.  No locks are taken before that is
+ * known. */
+static void uffd_on_signal(int sig, siginfo_t *si, void *uctx)
+{
+    (void)sig;
+    (void)si;
+    (void)uctx;
+    int saved_errno = errno;
+    UffdThread *t = uffd_thread_find(uffd_gettid());
+    if (t) {
+        uint64_t w = __atomic_load_n(&t->word, __ATOMIC_ACQUIRE);
+        uintptr_t addr = t->addr;
+        int write = t->write;
+        if (req_state(w) == REQ_SIGNALLED && !virt__lock_held() &&
+            __atomic_compare_exchange_n(&t->word, &w, req_word(req_gen(w), REQ_SELF), 0,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+            /* Cleared before serving: a fault inside loadblk gets a signal
+             * of its own (nested, SA_NODEFER). */
+            __atomic_store_n(&t->signal_pending, 0, __ATOMIC_RELEASE);
+            fault__serve_signalled(addr, write);
+            uint64_t self = req_word(req_gen(w), REQ_SELF);
+            if (__atomic_compare_exchange_n(&t->word, &self, req_word(req_gen(w), REQ_IDLE), 0,
+                                            __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+                __atomic_fetch_sub(&uffd_noutstanding, 1, __ATOMIC_ACQ_REL);
+        } else {
+            __atomic_store_n(&t->signal_pending, 0, __ATOMIC_RELEASE);
+        }
+    }
+    errno = saved_errno;
+}
+
+/* ---------------------------------------------------------------- start-up */
+
+static void uffd_off(const char *why, int err)
+{
+    if (err)
+        snprintf(uffd_reason, sizeof uffd_reason, "%s: %s", why, strerror(-err));
+    else
+        snprintf(uffd_reason, sizeof uffd_reason, "%s", why);
+    if (uffd_fd >= 0)
+        close(uffd_fd);
+    uffd_fd = -1;
+    uffd_state = -1;
+}
+
+static int uffd_open(void)
+{
+    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (fd >= 0)
+        return fd;
+    int err = -errno;
+    /* Unprivileged, the system call only gives user-mode-only descriptors
+     * (useless here); /dev/userfaultfd gives full ones to whoever may open
+     * it. */
+    int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+    if (dev < 0)
+        return err;
+    fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        fd = -errno;
+    close(dev);
+    return fd < 0 ? err : fd;
+}
+
+/* Whether a registered empty page is served through us: register one, and
+ * check the kernel offers the wake-up we use. */
+static int uffd_probe(void)
+{
+    size_t ps = virt_os_pagesize();
+    void *p = mmap(NULL, ps, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED)
+        return -errno;
+    struct uffdio_register reg;
+    memset(&reg, 0, sizeof reg);
+    reg.range.start = (uintptr_t)p;
+    reg.range.len = ps;
+    reg.mode = UFFDIO_REGISTER_MODE_MISSING;
+    int err = ioctl(uffd_fd, UFFDIO_REGISTER, &reg) == 0 ? 0 : -errno;
+    if (!err && !(reg.ioctls & ((uint64_t)1 << _UFFDIO_WAKE)))
+        err = -ENOTSUP;
+    BUG_ON(munmap(p, ps) != 0);
+    return err;
+}
+
+static int uffd_start_threads(void)
+{
+    cpu_set_t cpus;
+    long pinned[UFFD_MAX_SERVERS];
+    int n = 0;
+    if (sched_getaffinity(0, sizeof cpus, &cpus) == 0) {
+        for (int c = 0; c < CPU_SETSIZE && n < UFFD_MAX_SERVERS; c++)
+            if (CPU_ISSET(c, &cpus))
+                pinned[n++] = c;
+    }
+    if (n == 0)
+        pinned[n++] = -1;       /* unknown CPUs: one server, unpinned */
+    if (n == 1)
+        pinned[0] = -1;
+
+    sigset_t all, old;
+    sigfillset(&all);
+    /* Servers never touch page memory and take no signals. */
+    BUG_ON(pthread_sigmask(SIG_SETMASK, &all, &old) != 0);
+    int started = 0, err = 0;
+    for (int i = 0; i < n; i++) {
+        pthread_t th;
+        pthread_attr_t attr;
+        BUG_ON(pthread_attr_init(&attr) != 0);
+        BUG_ON(pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) != 0);
+        err = -pthread_create(&th, &attr, uffd_server_main, (void *)pinned[i]);
+        BUG_ON(pthread_attr_destroy(&attr) != 0);
+        if (err)
+            break;
+        started++;
+    }
+    BUG_ON(pthread_sigmask(SIG_SETMASK, &old, NULL) != 0);
+    return started ? 0 : err;
+}
+
+/* Called once, under the fault-handler install mutex, before the first VMA. */
+void uffd__start(void)
+{
+    if (uffd_state != 0)
+        return;
+    const char *env = getenv("ZBIGARRAY_USERFAULTFD");
+    if (env && strcmp(env, "0") == 0) {
+        uffd_off("disabled by ZBIGARRAY_USERFAULTFD=0", 0);
+        return;
+    }
+    int fd = uffd_open();
+    if (fd < 0) {
+        uffd_off("the kernel refuses a userfaultfd (see vm.unprivileged_userfaultfd "
+                 "and /dev/userfaultfd)", fd);
+        return;
+    }
+    uffd_fd = fd;
+    struct uffdio_api api;
+    memset(&api, 0, sizeof api);
+    api.api = UFFD_API;
+    api.features = UFFD_FEATURE_THREAD_ID;
+    if (ioctl(uffd_fd, UFFDIO_API, &api) != 0) {
+        uffd_off("the kernel's userfaultfd lacks thread ids (Linux 4.14+)", -errno);
+        return;
+    }
+    int err = uffd_probe();
+    if (err) {
+        uffd_off("registering memory with userfaultfd failed", err);
+        return;
+    }
+    uffd_pid = getpid();
+    uffd_signo = SIGRTMIN + UFFD_SIGNAL_OFFSET;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = uffd_on_signal;
+    /* SA_RESTART: a late signal must not make an unrelated system call fail
+     * with EINTR.  SA_NODEFER: a fault inside the handler's loadblk is
+     * signalled too. */
+    sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(uffd_signo, &sa, NULL) != 0) {
+        uffd_off("installing the fault signal's handler failed", -errno);
+        return;
+    }
+    err = uffd_start_threads();
+    if (err) {
+        uffd_off("starting the userfaultfd server threads failed", err);
+        return;
+    }
+    uffd_state = 1;
+}
+
+void uffd__forget_in_child(void)
+{
+    /* Threads do not survive fork, and the child's VMAs were unregistered by
+     * the kernel: the child works without userfaultfd. */
+    if (uffd_state == 1) {
+        close(uffd_fd);
+        uffd_fd = -1;
+        uffd_state = -1;
+        snprintf(uffd_reason, sizeof uffd_reason,
+                 "a forked child: its pages are served by SIGSEGV only");
+    }
+    uffd_nthreads_hw = 0;
+    uffd_noutstanding = 0;
+    uffd_jobs_len = 0;
+    uffd_nproxies = uffd_nidle = 0;
+    uffd_my_tid = 0;
+    memset(uffd_threads, 0, sizeof uffd_threads);
+    BUG_ON(pthread_mutex_init(&uffd_mutex, NULL) != 0);
+    BUG_ON(pthread_cond_init(&uffd_jobs_cond, NULL) != 0);
+}
