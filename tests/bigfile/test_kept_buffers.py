@@ -23,6 +23,7 @@ class Keeper(MemFile):
 
     def __init__(self, blksize: int, derive: bool) -> None:
         super().__init__(blksize, {blk: bytes([blk + 1]) * blksize for blk in range(4)})
+        self.fault_around = 0       # counts the buffers of the blocks touched
         self.derive = derive
         self.kept_load: list[object] = []
         self.kept_store: list[object] = []

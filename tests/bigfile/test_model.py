@@ -31,6 +31,7 @@ class FileHandleModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.file = MemFile(BLKSIZE)
+        self.file.fault_around = 0   # the model loads what is touched, nothing ahead
         self.ram = RAM(4 * NBLK * BLKSIZE)
         self.fileh = self.file.fileh_open(ram=self.ram)
         # Two mappings sharing blocks 2..NBLK-1: they must agree everywhere.

@@ -153,6 +153,7 @@ def test_dirty_pages_survive_capacity_pressure() -> None:
 
 def test_stats_count_pages_and_mappings() -> None:
     f = MemFile(BLKSIZE)
+    f.fault_around = 0  # counts loads: no loading ahead (fault-around)
     with f.fileh_open() as fileh:
         v1 = fileh.mmap(0, 4)
         v2 = fileh.mmap(100, 1)

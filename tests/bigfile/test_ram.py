@@ -76,6 +76,7 @@ def test_ram_capacity_can_grow_and_shrink() -> None:
 def test_ram_stats_follow_pages() -> None:
     ram = RAM(64 * PAGESIZE)
     f = MemFile(2 * PAGESIZE)
+    f.fault_around = 0  # counts loads: no loading ahead (fault-around)
     with f.fileh_open(ram=ram) as fileh:
         m = memoryview(fileh.mmap(0, 8))
         for blk in range(5):

@@ -43,6 +43,7 @@ def test_clean_pages_map_the_file_without_loadblk(tmp_path: Path) -> None:
     path = tmp_path / "f"
     _make_file(path, 8)
     f = CountingFile(str(path), BLK)
+    f.fault_around = 0  # counts loads: no loading ahead (fault-around)
     ram = RAM(64 * BLK)
     with f.fileh_open(ram=ram) as fileh:
         a = np.frombuffer(fileh.mmap(0, 10), np.uint8)

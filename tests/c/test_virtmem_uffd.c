@@ -55,6 +55,19 @@ static void remote_policy(BigFile *file, blk_t blk, int err, const char *what, p
     remote.tid = tid;
 }
 
+/* fixture_close, for a handle a proxy may still hold pinned for a moment
+ * after the call it served returned (reporting a failure): the file is
+ * released when the proxy lets go. */
+static void close_after_proxies(Fixture *f)
+{
+    fileh_close(f->fileh);
+    for (int i = 0; i < 2000 && atomic_load(&f->tf.nrelease) == 0; i++)
+        usleep(1000);
+    CHECK_EQ(atomic_load(&f->tf.nrelease), 1);
+    ram_decref(f->ram);
+    testfile_fini(&f->tf);
+}
+
 TEST(uffd_write_from_untouched_pages_sends_their_data)
 {
     Fixture f;
@@ -149,7 +162,7 @@ TEST(uffd_failed_load_in_a_system_call_is_efault_reported_to_its_thread)
     testfile_check_block(&f.tf, p + 2 * bs, 2);
     virt_set_fault_remote_error_handler(NULL);
     close(fd);
-    fixture_close(&f);
+    close_after_proxies(&f);
 }
 
 /* A loadblk that cannot proceed until the thread whose system call it
@@ -193,7 +206,7 @@ TEST(uffd_load_waiting_for_the_caller_times_out_with_efault)
     virt_fault_reported();
     virt_set_fault_remote_error_handler(NULL);
     close(fd);
-    fixture_close(&f);
+    close_after_proxies(&f);
 }
 
 typedef struct Writer {
@@ -205,8 +218,10 @@ typedef struct Writer {
 } Writer;
 
 /* Writes random ranges of the mapping to a file and checks each byte, while
- * others do the same and touch pages in user mode; RAM is small, so pages
- * come and go under the system calls. */
+ * others do the same and touch pages in user mode; the RAM holds fewer
+ * pages than the threads use at once, so pages are evicted while system
+ * calls copy them: the call must fault again and get them back, never fail
+ * (an evicted page's mapping is a trap at every moment, uffd.c). */
 static void *writer_main(void *arg)
 {
     Writer *w = arg;

@@ -1,14 +1,25 @@
 """Type stub of zbigarray.bigfile._bigfile (the Cython module)."""
 
 from types import TracebackType
-from typing import Self, TypedDict
+from typing import NamedTuple, Self, TypedDict
 
 WRITEOUT_STORE: int
 WRITEOUT_MARKSTORED: int
 FAULT_ABORT_ENV: str
+FAULT_AROUND_DEFAULT: int
+USERFAULTFD_ENV: str
 
 class PageFaultError(RuntimeError): ...
 class PageFaultMemoryError(PageFaultError, MemoryError): ...
+
+class UserfaultfdStatus(NamedTuple):
+    enabled: bool
+    reason: str | None
+
+class UserfaultfdWarning(RuntimeWarning): ...
+
+def userfaultfd_status() -> UserfaultfdStatus: ...
+def fault_proxy_thread() -> int | None: ...
 
 class RAMStats(TypedDict):
     capacity: int
@@ -42,6 +53,10 @@ class BigFile:
     def __new__(cls, blksize: int) -> Self: ...
     @property
     def blksize(self) -> int: ...
+    @property
+    def fault_around(self) -> int: ...
+    @fault_around.setter
+    def fault_around(self, nbytes: int) -> None: ...
     @property
     def mmap_fd(self) -> int | None: ...
     @mmap_fd.setter

@@ -47,6 +47,8 @@ cdef extern from "Python.h":
         traverseproc tp_traverse
 
 
+FAULT_AROUND_DEFAULT = 64 * 1024
+
 WRITEOUT_STORE = virt.WRITEOUT_STORE
 WRITEOUT_MARKSTORED = virt.WRITEOUT_MARKSTORED
 
@@ -56,7 +58,8 @@ cdef size_t _pagesize = virt.virt_os_pagesize()
 virt.virt_set_gil_hooks(gil_hooks())
 virt.virt_set_fault_error_handler(fault_error)
 virt.virt_set_fault_remote_error_handler(fault_remote_error)
-set_fault_state_calls(virt.virt_fault_failing, virt.virt_fault_reported)
+set_fault_state_calls(virt.virt_fault_failing, virt.virt_fault_reported,
+                      virt.virt_fault_speculative)
 
 
 # ------------------------------------------------- faults inside system calls
@@ -331,6 +334,7 @@ cdef class BigFile:
         cls = type(self)
         pyfile_init_ops(&self._c, hasattr(cls, "dirtied"), hasattr(cls, "spill"))
         self._c.cfile.blksize = n
+        self._c.cfile.fault_around = FAULT_AROUND_DEFAULT
         self._c.owner = <PyObject *>self
         self._c.errors = <PyObject *>errors
         self._c.mmap_fd = -1
@@ -344,6 +348,28 @@ cdef class BigFile:
     def blksize(self):
         """Block size in bytes."""
         return self._c.cfile.blksize
+
+    @property
+    def fault_around(self):
+        """Bytes loaded ahead of a sequential read (default 64 KiB; 0: off).
+
+        A read fault on the block right after the one the same thread
+        faulted on last also loads and maps the next blocks, up to this many
+        bytes, when the RAM has room for them without evicting recent pages:
+        one fault then serves several small blocks (a 4 KiB block's fault
+        costs more than its load), as the kernel's own fault-around does for
+        file mappings.  Blocks of this size or bigger are never loaded
+        ahead.  A failure of such a load raises nothing: the block is loaded
+        again, and the failure raised, when it is touched.
+        """
+        return self._c.cfile.fault_around
+
+    @fault_around.setter
+    def fault_around(self, nbytes):
+        n = operator.index(nbytes)
+        if n < 0:
+            raise ValueError(f"fault_around must be >= 0, got {n}")
+        self._c.cfile.fault_around = n
 
     @property
     def mmap_fd(self):

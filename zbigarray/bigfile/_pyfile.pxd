@@ -23,4 +23,5 @@ cdef int fault_error(virt.BigFile *cf, virt.blk_t blk, int err, const char *what
 cdef void fault_remote_error(virt.BigFile *cf, virt.blk_t blk, int err, const char *what,
                              virt.pid_t tid) noexcept with gil
 cdef void set_fault_state_calls(int (*failing)() noexcept nogil,
-                                void (*reported)() noexcept nogil) noexcept
+                                void (*reported)() noexcept nogil,
+                                int (*speculative)() noexcept nogil) noexcept

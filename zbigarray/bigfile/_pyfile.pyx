@@ -39,6 +39,7 @@ cdef extern from "Python.h":
     int PyThreadState_SetAsyncExc(unsigned long id, object exc)
     int Py_AddPendingCall(int (*func)(void *) noexcept, void *arg)
     void PyErr_SetObject(object type, object value)
+    void PyErr_SetInterrupt()
 
 
 # ---------------------------------------------------------------- trampolines
@@ -51,6 +52,12 @@ cdef int _pyfile_loadblk(virt.BigFile *cf, virt.blk_t blk, void *buf) noexcept w
         blkbuf.lend(owner.loadblk, blk)
         return blkbuf.settle()
     except BaseException as exc:
+        if _fault_speculative():
+            # A load ahead of use (fault-around): nothing is reported, the
+            # block loads again when touched.  Ctrl-C must not be lost.
+            if isinstance(exc, KeyboardInterrupt):
+                PyErr_SetInterrupt()
+            return _failed(blkbuf)
         # Raised in the faulting thread by the failure policy (fault_error),
         # which the core calls next.
         _callback_errors[PyThread_get_thread_ident()] = exc
@@ -242,12 +249,15 @@ class _SystemExitArrival(SystemExit):
 # would be loaded (see setup.py).
 cdef int  (*_fault_failing)() noexcept nogil
 cdef void (*_fault_reported)() noexcept nogil
+cdef int  (*_fault_speculative)() noexcept nogil
 
 cdef void set_fault_state_calls(int (*failing)() noexcept nogil,
-                                void (*reported)() noexcept nogil) noexcept:
-    global _fault_failing, _fault_reported
+                                void (*reported)() noexcept nogil,
+                                int (*speculative)() noexcept nogil) noexcept:
+    global _fault_failing, _fault_reported, _fault_speculative
     _fault_failing = failing
     _fault_reported = reported
+    _fault_speculative = speculative
 
 
 cdef object _arrival():

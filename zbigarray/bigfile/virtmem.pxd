@@ -25,6 +25,7 @@ cdef extern from "virtmem.h" nogil:
     ctypedef struct BigFile:
         const BigFileOps *ops
         size_t            blksize
+        size_t            fault_around
 
     size_t VIRT_BLKSIZE_MAX
     int    virt_blksize_check(size_t blksize)
@@ -106,6 +107,7 @@ cdef extern from "virtmem.h" nogil:
     void virt_set_fault_error_handler(virt_fault_error_fn fn)
     void virt_fault_reported()
     int  virt_fault_failing()
+    int  virt_fault_speculative()
 
     # -------------------------------------- faults inside system calls
     ctypedef int pid_t

@@ -42,6 +42,8 @@ static volatile int      fault_prev_valid;
 static __thread uintptr_t fault_last_addr;
 static __thread int       fault_repeats;
 static __thread int       fault_chaining;
+/* The fault being served came through the userfaultfd (uffd.c). */
+static __thread int       fault_from_uffd;
 /* Loads this thread has in flight (nested when loadblk touches a mapping). */
 static __thread size_t    fault_nloading_mine;
 /* The page this thread's last served fault mapped: the instruction being
@@ -218,6 +220,15 @@ void fault__forget_vma(VMA *vma)
             free(s);
         }
     }
+}
+
+int fault__vma_has_standins(VMA *vma)
+{
+    ListHead *pos;
+    list_for_each_forward(pos, &fault_standins)
+        if (list_entry(pos, StandIn, in_all)->vma == vma)
+            return 1;
+    return 0;
 }
 
 void fault__forget_all_in_child(void)
@@ -404,6 +415,28 @@ static int fault_serve_standin(VMA *vma, blk_t blk)
     return FAULT_HANDLED;
 }
 
+/* Out of map entries (vm.max_map_count: each page mapped apart from its
+ * neighbours is one): unmap clean pages of @ram but @keep, which lets the
+ * kernel merge their ranges back, and sweep the traps that leaves in VMAs
+ * with a userfaultfd (uffd.c), which do not merge by themselves.  Returns
+ * how many pages or VMAs were dealt with (0: nothing to free).  Locked. */
+static size_t fault_free_map_entries(RAM *ram, Page *keep)
+{
+    size_t n = page__reclaim_except(ram, 256, keep);
+    ListHead *f, *v;
+    list_for_each_forward(f, &fileh__all) {
+        BigFileH *h = list_entry(f, BigFileH, in_all);
+        list_for_each_forward(v, &h->vmas) {
+            VMA *vma = list_entry(v, VMA, in_fileh);
+            if (vma->nstale) {
+                vma__sweep(vma);
+                n++;
+            }
+        }
+    }
+    return n;
+}
+
 /* page__map_into, making room when the kernel refuses a mapping for lack of
  * map entries (vm.max_map_count: each page mapped apart from its neighbours
  * is one): clean pages of the same RAM are unmapped, which lets the kernel
@@ -413,11 +446,119 @@ static int fault_map(Page *page, VMA *vma, int writable)
 {
     int err = page__map_into(page, vma, writable);
     for (int tries = 0; err == -ENOMEM && tries < 8; tries++) {
-        if (page__reclaim_except(page->fileh->ram, 256, page) == 0)
+        if (fault_free_map_entries(page->fileh->ram, page) == 0)
             break;
         err = page__map_into(page, vma, writable);
     }
     return err;
+}
+
+/* --------------------------------------------------------- fault-around */
+
+/* Blocks read in sequence get the next ones loaded and mapped ahead, up to
+ * file->fault_around bytes (virtmem.h). */
+
+/* Per thread: the VMA and block a sequential read would fault on next. */
+static __thread VMA   *fault_seq_vma;
+static __thread blk_t  fault_seq_next;
+/* Set while loadblk runs for a block nobody touched yet (virtmem.h). */
+static __thread int    fault_speculative;
+
+int virt_fault_speculative(void)
+{
+    return fault_speculative;
+}
+
+/* Load block @blk of @vma's handle ahead of use and map it read-only into
+ * @vma.  Locked; returns locked, 1 if the block is mapped now, 0 to stop
+ * (no room but by evicting recent pages, a load in flight or failed, the
+ * VMA gone).  Nothing is reported: a block that cannot be loaded now loads
+ * (and fails) when it is touched. */
+static int fault_around_one(VMA *vma, blk_t blk, size_t nahead)
+{
+    BigFileH *fileh = vma->fileh;
+    BigFile  *file = fileh->file;
+    uintptr_t addr = vma->addr_start + (uintptr_t)(blk - vma->pgoffset) * file->blksize;
+    Page *page = pagemap_get(&fileh->pagemap, blk);
+    int err;
+
+    if (!page) {
+        RAM *ram = fileh->ram;
+        /* Room without evicting the pages just touched (at the LRU head):
+         * free memory, or clean pages well beyond those. */
+        if (!ram__has_room(ram, file->blksize) && ram->nclean <= 2 * nahead + 1)
+            return 0;
+        int fd = -1;
+        uint64_t foff = 0;
+        int direct = !fileh->no_direct && file->ops->mmapblk &&
+                     file->ops->mmapblk(file, blk, &fd, &foff) == 0;
+        err = direct ? page__alloc_direct(fileh, blk, fd, foff, &page)
+                     : page__alloc(fileh, blk, &page);
+        if (err)
+            return 0;
+        if (page->state == PAGE_LOADING) {
+            void *buf = NULL;
+            int own = 0, r = 0, fresh = page->fresh;
+            uint64_t nfailed = fault_nfailed;
+            err = page__buf_get(page, 1, &buf, &own);
+            virt_unlock();
+            if (!err) {
+                if (fresh && !own)
+                    virt__populate_fresh(buf, file->blksize);
+                fault_nloading_mine++;
+                fault_speculative = 1;
+                r = file->ops->loadblk(file, blk, buf);
+                fault_speculative = 0;
+                fault_nloading_mine--;
+            }
+            virt__lock_in_fault();
+            if (!err)
+                err = page__buf_put(page, buf, own, r);
+            if (err || fault_nfailed != nfailed || page->invalidated || fileh->closed) {
+                fileh->npinned++;
+                page__abandon_load(page);
+                virt__loads_changed();
+                fault_unpin(fileh);
+                return 0;
+            }
+            page__finish_load(page);
+            virt__loads_changed();
+            /* The VMA may have gone while we were unlocked. */
+            if (vma__lookup(addr) != vma)
+                return 0;
+        }
+    }
+    if (page->state == PAGE_LOADING)
+        return 0;                       /* someone else's load: not ahead */
+    if (page_mapping_in_vma(page, vma))
+        return 1;
+    page__touch(page);
+    return fault_map(page, vma, 0) == 0;
+}
+
+/* The fault at @blk of @vma was served (@write: mapped writable).  Locked;
+ * unlocks.  A read continuing a sequence loads and maps the blocks after it
+ * first. */
+static int fault_served(VMA *vma, blk_t blk, int write)
+{
+    BigFile *file = vma->fileh->file;
+    size_t nahead = file->fault_around / file->blksize;
+    int sequential = vma == fault_seq_vma && blk == fault_seq_next;
+
+    fault_last_fileh = vma->fileh;
+    fault_last_blk = blk;
+    fault_forget_fence(vma, blk);
+    fault_seq_vma = vma;
+    fault_seq_next = blk + 1;
+    if (sequential && !write && nahead > 0 && !fault_failing) {
+        blk_t end = vma->pgoffset + vma->pglen;
+        blk_t next = blk + 1;
+        while (next < end && next <= blk + nahead && fault_around_one(vma, next, nahead))
+            next++;
+        fault_seq_next = next;
+    }
+    virt_unlock();
+    return FAULT_HANDLED;
 }
 
 /* Serve a fault at @addr.  @write: 1 write, 0 read, -1 unknown (then the
@@ -519,7 +660,7 @@ static int fault_serve(uintptr_t addr, int write)
             for (int tries = 0; err == -ENOMEM && tries < 8; tries++) {
                 /* Out of map entries (see fault_map); a LOADING page is
                  * not on the LRU, so it is not reclaimed itself. */
-                if (page__reclaim_except(fileh->ram, 256, NULL) == 0)
+                if (fault_free_map_entries(fileh->ram, NULL) == 0)
                     break;
                 err = page__buf_get(page, 1, &buf, &own);
             }
@@ -566,6 +707,18 @@ static int fault_serve(uintptr_t addr, int write)
 
         /* LOADED or DIRTY. */
         PageMapping *m = page_mapping_in_vma(page, vma);
+        if (m && fault_from_uffd && !standin) {
+            /* Mapped, yet the touch reached the userfaultfd: the kernel
+             * dropped the page-table entries of our mapping (swapping the
+             * page out, say), and the trap it is registered as caught the
+             * touch.  Map it afresh. */
+            int was_writable = m->writable;
+            page__unmap_from(m);
+            page__touch(page);
+            if (fault_map(page, vma, was_writable) == 0)
+                return fault_served(vma, blk, was_writable);
+            continue;
+        }
         if (m && m->writable) {
             /* Another thread mapped it between our fault and our lock; or the
              * access is of a kind we do not serve.  Retry a few times, then
@@ -629,11 +782,7 @@ static int fault_serve(uintptr_t addr, int write)
                 fileh->no_direct = 1;
                 continue;
             }
-            fault_last_fileh = fileh;
-            fault_last_blk = blk;
-            fault_forget_fence(vma, blk);
-            virt_unlock();
-            return FAULT_HANDLED;
+            return fault_served(vma, blk, 0);
         }
 
         if (write && page->state == PAGE_LOADED)
@@ -651,11 +800,7 @@ static int fault_serve(uintptr_t addr, int write)
             standin = 1;
             continue;          /* failing now: a stand-in */
         }
-        fault_last_fileh = fileh;
-        fault_last_blk = blk;
-        fault_forget_fence(vma, blk);
-        virt_unlock();
-        return FAULT_HANDLED;
+        return fault_served(vma, blk, write);
     }
 }
 
@@ -665,12 +810,16 @@ void fault__serve_signalled(uintptr_t addr, int write)
 {
     /* Not ours (the VMA went meanwhile): the instruction runs again and
      * faults as it would without us. */
+    fault_from_uffd = 1;
     (void)fault_serve(addr, write);
+    fault_from_uffd = 0;
 }
 
 void fault__serve_proxied(uintptr_t addr, int write)
 {
+    fault_from_uffd = 1;
     (void)fault_serve(addr, write);
+    fault_from_uffd = 0;
     /* A failure was a fence and a report for the proxied thread; the proxy
      * itself computes nothing from it. */
     fault_failing = 0;

@@ -69,6 +69,7 @@ static void fork_child(void)
             BUG_ON(virt__reserve_at((void *)vma->addr_start,
                                     vma->addr_stop - vma->addr_start) != 0);
             vma->uffd = 0;
+            vma->nmappings = vma->nstale = 0;
             list_init(&vma->mappings);
         }
     }

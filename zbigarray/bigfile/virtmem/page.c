@@ -39,7 +39,7 @@ static uintptr_t page_addr_in(const Page *page, const VMA *vma)
  * munmap and the new reservation another thread could map something there;
  * MAP_FIXED_NOREPLACE then refuses to clobber it, and as the VMA's range is
  * no longer wholly ours that is fatal — a race only possible at the limit. */
-static int page_rereserve_at_limit(VMA *vma, void *addr, size_t len)
+int vma__rereserve_at_limit(VMA *vma, void *addr, size_t len)
 {
     if (munmap(addr, len) != 0)
         return -errno;
@@ -57,18 +57,39 @@ static int page_rereserve_at_limit(VMA *vma, void *addr, size_t len)
     return 0;
 }
 
+/* Sweep @vma's evicted traps once they are many, and more than its
+ * mappings (a sweep costs one move per gap between mapped pages). */
+#define PAGE_SWEEP_MIN 4096
+
 void page__unmap_from(PageMapping *m)
 {
     size_t blksize = m->page->fileh->file->blksize;
-    void *addr = (void *)page_addr_in(m->page, m->vma);
-    int err = vma__reserve(m->vma, addr, blksize);
-    if (err == -ENOMEM)
-        err = page_rereserve_at_limit(m->vma, addr, blksize);
+    VMA *vma = m->vma;
+    void *addr = (void *)page_addr_in(m->page, vma);
+    int err;
+    if (m->trap) {
+        /* The mapping stays, a trap (uffd.c): writable, so that a system
+         * call writing into it faults to us like anywhere empty. */
+        err = madvise(addr, blksize, MADV_DONTNEED) == 0 ? 0 : -errno;
+        if (!err && !m->writable && mprotect(addr, blksize, PROT_READ | PROT_WRITE) != 0)
+            err = -errno;
+        if (err)
+            err = vma__reserve(vma, addr, blksize);
+        else
+            vma->nstale++;
+    } else {
+        err = vma__reserve(vma, addr, blksize);
+        if (err == -ENOMEM)
+            err = vma__rereserve_at_limit(vma, addr, blksize);
+    }
     if (err)
         page_map_failed("unmap", err);
     list_del(&m->in_page);
     list_del(&m->in_vma);
+    vma->nmappings--;
     free(m);
+    if (vma->nstale >= PAGE_SWEEP_MIN && vma->nstale > vma->nmappings)
+        vma__sweep(vma);
 }
 
 static PageMapping *page_mapping_in(Page *page, VMA *vma)
@@ -123,8 +144,12 @@ int page__map_into(Page *page, VMA *vma, int writable)
     m->page = page;
     m->vma = vma;
     m->writable = writable;
+    /* Until registered the mapping shows this page's own memory: right. */
+    m->trap = vma->uffd && page->state != PAGE_DIRECT &&
+              uffd__register_trap(addr, blksize) == 0;
     list_add(&m->in_page, &page->mappings);
     list_add(&m->in_vma, &vma->mappings);
+    vma->nmappings++;
     return 0;
 }
 

@@ -169,41 +169,74 @@ pid_t virt__gettid(void)
 
 /* -------------------------------------------------------------- reservations */
 
-int uffd__register(void *addr, size_t len)
+/* Where nothing is mapped, a VMA shows one of two kinds of trap:
+ *
+ * - empty anonymous memory registered for missing faults: what fileh_mmap
+ *   makes, and what uffd__replace_empty puts back;
+ * - the RAM page that was mapped there, its page-table entries dropped
+ *   (MADV_DONTNEED) when the page went: its memfd mapping was registered for
+ *   missing *and* minor faults when it was made, so a touch faults to us
+ *   whether the slot behind it is a hole or holds another block by now.
+ *   Evicting a page is then one system call, and never leaves a moment in
+ *   which the range is not a trap.
+ *
+ * Replacing a mapping in place (mmap MAP_FIXED) would make a new,
+ * unregistered one: touched before it is registered, it would be filled
+ * with zeros -- wrong data -- or, made inaccessible first, fail a system
+ * call with EFAULT.  So replacements are done whole: an empty registered
+ * range is made elsewhere and moved over the old one with mremap, which
+ * keeps the registration (UFFD_FEATURE_EVENT_REMAP) -- at the price of
+ * waiting for a server to read the move's event.  That is for the rarer
+ * cases: the pages of an OS file (zero-copy), whose mappings cannot be
+ * registered; stand-ins and fences going away; and sweeping up the
+ * mappings evicted pages leave, which do not merge and would otherwise use
+ * up the process's map entries (vm.max_map_count). */
+
+static int uffd_register_mode(void *addr, size_t len, uint64_t mode)
 {
     struct uffdio_register reg;
     memset(&reg, 0, sizeof reg);
     reg.range.start = (uintptr_t)addr;
     reg.range.len = len;
-    reg.mode = UFFDIO_REGISTER_MODE_MISSING;
+    reg.mode = mode;
     if (ioctl(uffd_fd, UFFDIO_REGISTER, &reg) != 0)
         return -errno;
     return 0;
 }
 
-int uffd__reserve_at(void *addr, size_t len)
+int uffd__register(void *addr, size_t len)
 {
-    /* Inaccessible first, registered, then accessible: a thread touching the
-     * range in between must not populate it with zeros (it would keep them:
-     * only missing pages are reported).  In between, a user-mode touch is
-     * served by the SIGSEGV path once we unlock, while a system call's touch
-     * fails with EFAULT -- a window of two system calls, on a page that is
-     * being dropped, which no atomic kernel operation closes (a mapping
-     * replaced in place by mmap or moved by mremap loses its registration).
-     * MAP_NORESERVE: no commit charge for address space. */
-    int err = virt__reserve_at(addr, len);
-    if (err)
-        return err;
-    /* Unregistered, the range stays inaccessible: the SIGSEGV path serves
-     * it (EFAULT in system calls). */
-    if (uffd__register(addr, len) == 0 && mprotect(addr, len, PROT_READ | PROT_WRITE) != 0)
-        return -errno;
-    return 0;
+    return uffd_register_mode(addr, len, UFFDIO_REGISTER_MODE_MISSING);
+}
+
+int uffd__register_trap(void *addr, size_t len)
+{
+    return uffd_register_mode(addr, len,
+                              UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR);
+}
+
+int uffd__replace_empty(void *addr, size_t len)
+{
+    void *spare = mmap(NULL, len, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (spare == MAP_FAILED)
+        return virt__reserve_at(addr, len);
+    if (uffd__register(spare, len) == 0) {
+        void *got = mremap(spare, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, addr);
+        if (got != MAP_FAILED) {
+            BUG_ON(got != addr);
+            return 0;
+        }
+    }
+    BUG_ON(munmap(spare, len) != 0);
+    /* Out of map entries, say: an inaccessible reservation instead, which
+     * the SIGSEGV path serves (a system call touching it fails). */
+    return virt__reserve_at(addr, len);
 }
 
 int vma__reserve(VMA *vma, void *addr, size_t len)
 {
-    return vma->uffd ? uffd__reserve_at(addr, len) : virt__reserve_at(addr, len);
+    return vma->uffd ? uffd__replace_empty(addr, len) : virt__reserve_at(addr, len);
 }
 
 int uffd__active(void)
@@ -261,6 +294,44 @@ static void uffd_wake(uintptr_t addr)
     (void)ioctl(uffd_fd, UFFDIO_WAKE, &range);
 }
 
+/* Fences owed, made by a server when the virtmem lock is free: a server
+ * never waits for that lock, as its holder may be waiting for a server (a
+ * move's event, see reservations).  uffd_mutex. */
+typedef struct UffdFence {
+    uintptr_t addr;
+    pid_t     tid;
+} UffdFence;
+static UffdFence uffd_fences[UFFD_MAX_THREADS];
+static size_t    uffd_nfences;
+
+/* Have the access of @tid at @addr fail as without userfaultfd: a fence,
+ * then a wake-up.  uffd_mutex held. */
+static void uffd_fence_later(uintptr_t addr, pid_t tid)
+{
+    for (size_t i = 0; i < uffd_nfences; i++)
+        if (uffd_fences[i].addr == addr && uffd_fences[i].tid == tid)
+            return;
+    /* One per thread at most, and threads beyond the table's size are
+     * fenced at once below, so this holds. */
+    BUG_ON(uffd_nfences == UFFD_MAX_THREADS);
+    uffd_fences[uffd_nfences].addr = addr;
+    uffd_fences[uffd_nfences].tid = tid;
+    uffd_nfences++;
+}
+
+/* Make the fences owed if the virtmem lock is free.  uffd_mutex held. */
+static void uffd_make_fences(void)
+{
+    if (uffd_nfences == 0 || !virt__trylock())
+        return;
+    for (size_t i = 0; i < uffd_nfences; i++)
+        fault__fence(uffd_fences[i].addr, uffd_fences[i].tid);
+    virt_unlock();
+    for (size_t i = 0; i < uffd_nfences; i++)
+        uffd_wake(uffd_fences[i].addr);
+    uffd_nfences = 0;
+}
+
 static void *uffd_proxy_main(void *arg);
 
 /* Queue a fault for a proxy.  uffd_mutex held. */
@@ -299,10 +370,7 @@ static void uffd_proxy(UffdThread *t, uint64_t gen, uintptr_t addr, int write)
         uffd_jobs_len--;
         __atomic_store_n(&t->word, req_word(gen, REQ_IDLE), __ATOMIC_RELEASE);
         __atomic_fetch_sub(&uffd_noutstanding, 1, __ATOMIC_ACQ_REL);
-        virt_lock();
-        fault__fence(addr, t->tid);
-        virt_unlock();
-        uffd_wake(addr);
+        uffd_fence_later(addr, t->tid);
     }
 }
 
@@ -349,16 +417,17 @@ static void uffd_on_fault(pid_t tid, uintptr_t addr, int write)
     if (!t) {
         /* More threads parked in faults than we track: that one gets the
          * fault as without userfaultfd. */
-        virt_lock();
-        fault__fence(addr, tid);
-        virt_unlock();
-        uffd_wake(addr);
+        uffd_fence_later(addr, tid);
         return;
     }
     uint64_t w = __atomic_load_n(&t->word, __ATOMIC_ACQUIRE);
     uint64_t gen = req_gen(w) + 1;
     int pending = __atomic_load_n(&t->signal_pending, __ATOMIC_ACQUIRE);
 
+    /* A thread waits in one fault at a time: the latest event says which.
+     * An earlier request of the thread may be stale -- another thread's
+     * wake-up of the same page let it go on -- and is then superseded. */
+    addr &= ~(uintptr_t)(virt_os_pagesize() - 1);
     switch (req_state(w)) {
     case REQ_SIGNALLED:
         if (!pending)
@@ -366,11 +435,16 @@ static void uffd_on_fault(pid_t tid, uintptr_t addr, int write)
         /* Faulted again without running the handler: the thread is inside
          * a system call (the kernel retries at once while a signal waits). */
         if (__atomic_compare_exchange_n(&t->word, &w, req_word(req_gen(w), REQ_PROXY), 0,
-                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
-            uffd_proxy(t, req_gen(w), t->addr, t->write);
+                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+            t->addr = addr;
+            t->write = write;
+            uffd_proxy(t, req_gen(w), addr, write);
+        }
         return;
     case REQ_PROXY:
-        return;         /* the same fault, posted again: a proxy serves it */
+        if (t->addr == addr)
+            return;     /* posted again: the proxy's wake-up will answer it */
+        break;
     default:
         break;
     }
@@ -417,16 +491,15 @@ static void uffd_check_timeouts(void)
              * as without userfaultfd.  The proxy finishes when it can and
              * reports the failure then. */
             t->timed_out_gen = req_gen(w);
-            virt_lock();
-            fault__fence(t->addr, t->tid);
-            virt_unlock();
-            uffd_wake(t->addr);
+            uffd_fence_later(t->addr, t->tid);
         }
     }
 }
 
 static int uffd_next_timeout_ms(void)
 {
+    if (uffd_nfences)
+        return 1;           /* the virtmem lock was busy: try again soon */
     return __atomic_load_n(&uffd_noutstanding, __ATOMIC_ACQUIRE) ? 50 : -1;
 }
 
@@ -467,6 +540,7 @@ static void *uffd_server_main(void *arg)
         }
         if (__atomic_load_n(&uffd_noutstanding, __ATOMIC_ACQUIRE))
             uffd_check_timeouts();
+        uffd_make_fences();
         BUG_ON(pthread_mutex_unlock(&uffd_mutex) != 0);
     }
     return NULL;
@@ -619,9 +693,13 @@ void uffd__start(void)
     struct uffdio_api api;
     memset(&api, 0, sizeof api);
     api.api = UFFD_API;
-    api.features = UFFD_FEATURE_THREAD_ID;
+    /* Thread ids: whom to signal.  Minor faults on shmem: evicted pages'
+     * mappings stay traps.  Move events: a registered range keeps its
+     * registration when moved into place. */
+    api.features = UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_MINOR_SHMEM | UFFD_FEATURE_EVENT_REMAP;
     if (ioctl(uffd_fd, UFFDIO_API, &api) != 0) {
-        uffd_off("the kernel's userfaultfd lacks thread ids (Linux 4.14+)", -errno);
+        uffd_off("the kernel's userfaultfd lacks thread ids, minor faults on shared "
+                 "memory or move events (Linux 5.14+)", -errno);
         return;
     }
     int err = uffd_probe();
@@ -666,6 +744,7 @@ void uffd__forget_in_child(void)
     uffd_noutstanding = 0;
     uffd_jobs_len = 0;
     uffd_nproxies = uffd_nidle = 0;
+    uffd_nfences = 0;
     uffd_my_tid = 0;
     memset(uffd_threads, 0, sizeof uffd_threads);
     BUG_ON(pthread_mutex_init(&uffd_mutex, NULL) != 0);

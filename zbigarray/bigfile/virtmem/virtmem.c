@@ -52,6 +52,18 @@ void virt__lock_in_fault(void)
     virt_lock_masked = 0;
 }
 
+int virt__trylock(void)
+{
+    BUG_ON(virt_lock_held);
+    int r = pthread_mutex_trylock(&virt_mutex);
+    if (r == EBUSY)
+        return 0;
+    BUG_ON(r != 0);
+    virt_lock_held = 1;
+    virt_lock_masked = 0;
+    return 1;
+}
+
 int virt__lock_held(void)
 {
     return virt_lock_held;

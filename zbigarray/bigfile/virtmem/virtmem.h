@@ -101,6 +101,14 @@ typedef struct BigFileOps {
 struct BigFile {
     const BigFileOps *ops;
     size_t            blksize;   /* a multiple of the OS page size */
+    /* Fault-around: a read fault on the block after the one this thread
+     * faulted on last (a sequential scan) also loads and maps the blocks
+     * after it, up to this many bytes (and only with room in the RAM that
+     * needs no recent page evicted), so that one fault serves several small
+     * blocks, as the kernel's own fault-around does for file mappings.
+     * Their loadblk calls are speculative (virt_fault_speculative).
+     * 0: off. */
+    size_t            fault_around;
 };
 
 /* 0 if @blksize can be a block size (a non-zero multiple of the OS page size,
@@ -284,6 +292,13 @@ void virt_set_fault_error_handler(virt_fault_error_fn fn);
  * no-op in a thread that is not failing.  A thread that exits while failing
  * is cleaned up the same way. */
 void virt_fault_reported(void);
+
+/* Inside loadblk: whether the block is loaded ahead of use (fault-around:
+ * blocks read in sequence get the next ones loaded with them) rather than
+ * touched.  A failure of such a load is dropped quietly -- the block is
+ * loaded again, and fails for real, when touched -- so a loadblk that wants
+ * a failure seen (Ctrl-C arriving during it) must make it seen itself. */
+int  virt_fault_speculative(void);
 
 /* Whether this thread is failing (see virt_fault_error_fn). */
 int  virt_fault_failing(void);

@@ -185,6 +185,8 @@ typedef struct PageMapping {
     Page     *page;
     VMA      *vma;
     int       writable;
+    int       trap;      /* registered as a trap (uffd.c): unmapped by dropping
+                          * its page-table entries, the mapping stays */
     ListHead  in_page;   /* Page.mappings */
     ListHead  in_vma;    /* VMA.mappings */
 } PageMapping;
@@ -194,6 +196,8 @@ typedef struct PageMapping {
 struct VMA {
     uintptr_t  addr_start, addr_stop;
     int        uffd;        /* its empty pages are registered with the userfaultfd */
+    size_t     nmappings;   /* PageMappings in it */
+    size_t     nstale;      /* traps left by evicted pages since the last sweep */
     blk_t      pgoffset, pglen;
     BigFileH  *fileh;
     ListHead   mappings;    /* PageMapping.in_vma */
@@ -205,6 +209,15 @@ struct VMA {
 int   vma__register(VMA *vma);
 void  vma__unregister(VMA *vma);
 VMA  *vma__lookup(uintptr_t addr);
+
+/* vma__reserve for when the process is out of map entries: unmap first
+ * (which frees entries), then reserve; the range is briefly unmapped.
+ * -errno of munmap/mmap, -EEXIST if another thread mapped there meanwhile. */
+int   vma__rereserve_at_limit(VMA *vma, void *addr, size_t len);
+
+/* Replace the traps evicted pages left in @vma (uffd.c) by empty memory,
+ * which merges into few mappings again.  Locked. */
+void  vma__sweep(VMA *vma);
 
 /* Unmap every page of @vma, release its address range and free it.  Does
  * not touch fileh->nvma bookkeeping beyond unlinking. */
@@ -315,6 +328,10 @@ void  virt_unlock(void);
 void  virt__lock_in_fault(void);
 int   virt__lock_held(void);
 
+/* Take the lock if it is free (1), else 0 at once; as virt__lock_in_fault,
+ * for threads that must never wait for it (uffd.c's servers). */
+int   virt__trylock(void);
+
 /* Wait, under the lock, for some page load to finish (condition variable
  * broadcast by virt__loads_changed()).  Releases the GIL through the hooks
  * while waiting; returns with the lock held, the world possibly changed. */
@@ -334,12 +351,18 @@ int   vma__reserve(VMA *vma, void *addr, size_t len);
 void  uffd__start(void);
 int   uffd__active(void);
 
-/* Register [addr, addr+len) (already mapped as empty anonymous memory). */
+/* Register [addr, addr+len) for missing faults (empty anonymous memory),
+ * or, as a trap, for missing and minor faults (a RAM page's memfd mapping:
+ * once its page-table entries are dropped, any touch faults to us).
+ * -errno of the ioctl. */
 int   uffd__register(void *addr, size_t len);
+int   uffd__register_trap(void *addr, size_t len);
 
-/* An empty registered reservation in place of [addr, addr+len): a page
- * that cannot be registered falls back to PROT_NONE.  -errno of mmap. */
-int   uffd__reserve_at(void *addr, size_t len);
+/* Replace [addr, addr+len) with empty registered memory, atomically (see
+ * uffd.c, "reservations"); waits for a server to read the move's event, so
+ * never call it from a server.  Falls back to a PROT_NONE reservation.
+ * -errno of mmap. */
+int   uffd__replace_empty(void *addr, size_t len);
 
 /* In a forked child: no userfaultfd (its server threads are not there). */
 void  uffd__forget_in_child(void);
@@ -354,6 +377,9 @@ pid_t virt__gettid(void);
  * the block and is reported to that thread).  Unlocked. */
 void  fault__serve_signalled(uintptr_t addr, int write);
 void  fault__serve_proxied(uintptr_t addr, int write);
+
+/* Whether a stand-in or fence is shown in @vma.  Locked. */
+int   fault__vma_has_standins(VMA *vma);
 
 /* Fence the block at @addr for thread @owner, unless a page is mapped
  * there: its access fails as without userfaultfd.  Locked. */

@@ -131,6 +131,84 @@ int fileh_mmap(VMA **out, BigFileH *fileh, blk_t pgoffset, blk_t pglen)
     return 0;
 }
 
+static blk_t vma_mapping_blk(const ListHead *node)
+{
+    return list_entry(node, PageMapping, in_vma)->page->blk;
+}
+
+/* Merge two NULL-terminated chains (linked by ->next) sorted by block. */
+static ListHead *vma_merge_chains(ListHead *a, ListHead *b)
+{
+    ListHead head, *tail = &head;
+    while (a && b) {
+        ListHead **least = vma_mapping_blk(a) <= vma_mapping_blk(b) ? &a : &b;
+        tail->next = *least;
+        tail = *least;
+        *least = (*least)->next;
+    }
+    tail->next = a ? a : b;
+    return head.next;
+}
+
+static ListHead *vma_sort_chain(ListHead *chain)
+{
+    if (!chain || !chain->next)
+        return chain;
+    ListHead *slow = chain, *fast = chain->next;
+    while (fast && fast->next) {
+        slow = slow->next;
+        fast = fast->next->next;
+    }
+    ListHead *second = slow->next;
+    slow->next = NULL;
+    return vma_merge_chains(vma_sort_chain(chain), vma_sort_chain(second));
+}
+
+/* Sort @vma's mappings by block, in place: a sweep runs when the process
+ * may be out of map entries, where even malloc may fail. */
+static void vma_sort_mappings(VMA *vma)
+{
+    ListHead *h = &vma->mappings;
+    if (list_empty(h))
+        return;
+    h->prev->next = NULL;
+    ListHead *chain = vma_sort_chain(h->next);
+    ListHead *prev = h;
+    for (ListHead *n = chain; n; n = n->next) {
+        n->prev = prev;
+        prev->next = n;
+        prev = n;
+    }
+    prev->next = h;
+    h->prev = prev;
+}
+
+void vma__sweep(VMA *vma)
+{
+    size_t blksize = vma->fileh->file->blksize;
+    if (!vma->uffd || fault__vma_has_standins(vma))
+        return;     /* stand-ins are mapped too; rare: sweep another time */
+    vma_sort_mappings(vma);
+    blk_t from = 0;
+    ListHead *pos = vma->mappings.next;
+    for (;;) {
+        int last = pos == &vma->mappings;
+        blk_t to = last ? vma->pglen : vma_mapping_blk(pos) - vma->pgoffset;
+        void *addr = (void *)(vma->addr_start + (uintptr_t)from * blksize);
+        size_t len = (size_t)(to - from) * blksize;
+        /* Failing (out of map entries even for the inaccessible fallback),
+         * a run keeps its traps, which are correct, only many. */
+        if (to > from && uffd__replace_empty(addr, len) != 0 &&
+            vma__rereserve_at_limit(vma, addr, len) != 0)
+            return;
+        if (last)
+            break;
+        from = to + 1;
+        pos = pos->next;
+    }
+    vma->nstale = 0;
+}
+
 void vma__destroy(VMA *vma)
 {
     ListHead *pos, *tmp;
