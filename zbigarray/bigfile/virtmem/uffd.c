@@ -92,6 +92,7 @@ typedef struct UffdThread {
     uintptr_t addr;             /* the request's address, written before `word` */
     int       write;
     double    since;            /* when the request was made */
+    double    signalled;        /* when our signal was last sent */
     uint64_t  timed_out_gen;    /* the proxy of this request timed out */
 } UffdThread;
 
@@ -270,9 +271,19 @@ static UffdThread *uffd_thread_get(pid_t tid)
                             req_state(__atomic_load_n(&s->word, __ATOMIC_ACQUIRE)) == REQ_IDLE))
             reuse = s;
     }
-    if (!reuse) {
-        if (uffd_nthreads_hw == UFFD_MAX_THREADS)
+    if (!reuse && uffd_nthreads_hw == UFFD_MAX_THREADS) {
+        /* Full: take the slot of a thread that ended with our signal
+         * undelivered (the kernel drops it with the thread). */
+        for (size_t i = 0; i < uffd_nthreads_hw && !reuse; i++) {
+            UffdThread *s = &uffd_threads[i];
+            if (req_state(__atomic_load_n(&s->word, __ATOMIC_ACQUIRE)) == REQ_IDLE &&
+                syscall(SYS_tgkill, uffd_pid, s->tid, 0) != 0 && errno == ESRCH)
+                reuse = s;
+        }
+        if (!reuse)
             return NULL;
+    }
+    if (!reuse) {
         reuse = &uffd_threads[uffd_nthreads_hw];
         __atomic_store_n(&uffd_nthreads_hw, uffd_nthreads_hw + 1, __ATOMIC_RELEASE);
     }
@@ -423,6 +434,13 @@ static void uffd_on_fault(pid_t tid, uintptr_t addr, int write)
     uint64_t w = __atomic_load_n(&t->word, __ATOMIC_ACQUIRE);
     uint64_t gen = req_gen(w) + 1;
     int pending = __atomic_load_n(&t->signal_pending, __ATOMIC_ACQUIRE);
+    double now = uffd_now();
+    if (pending && now - t->signalled > UFFD_SIGNAL_TIMEOUT && req_state(w) == REQ_IDLE) {
+        /* Our signal went out long ago and was never handled: a long system
+         * call, or a thread that ended and whose id is now another's.  Ask
+         * again (a system call then shows itself as before). */
+        pending = 0;
+    }
 
     /* A thread waits in one fault at a time: the latest event says which.
      * An earlier request of the thread may be stale -- another thread's
@@ -450,7 +468,7 @@ static void uffd_on_fault(pid_t tid, uintptr_t addr, int write)
     }
     t->addr = addr;
     t->write = write;
-    t->since = uffd_now();
+    t->since = now;
     /* A request being served by the handler (SELF) is superseded by this
      * one, a fault inside that handler: it stays counted once. */
     if (req_state(w) == REQ_IDLE)
@@ -464,6 +482,7 @@ static void uffd_on_fault(pid_t tid, uintptr_t addr, int write)
     }
     __atomic_store_n(&t->word, req_word(gen, REQ_SIGNALLED), __ATOMIC_RELEASE);
     __atomic_store_n(&t->signal_pending, 1, __ATOMIC_RELEASE);
+    t->signalled = now;
     if (syscall(SYS_tgkill, uffd_pid, tid, uffd_signo) != 0) {
         /* The thread is gone: nothing waits for the page. */
         __atomic_store_n(&t->signal_pending, 0, __ATOMIC_RELEASE);
