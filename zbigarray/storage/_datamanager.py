@@ -17,9 +17,9 @@ The protocol, in transaction order (see ``docs/storage.md``):
    the one that matters for writes through NumPy views, which only the
    page-fault handler sees -- from the fault layer's ``dirtied`` callback,
    before a write makes the handle's first page dirty, in whichever thread.
-   The connection's manager is a plain (not thread-local) one, so its
-   current transaction is the connection's from any thread.  A handle that
-   joins after a savepoint was taken gets ``transaction``'s own abort
+   A connection opened without a manager has a plain (not thread-local) one,
+   so its current transaction is the connection's from any thread.  A handle
+   that joins after a savepoint was taken gets ``transaction``'s own abort
    savepoint for it: it was clean then, so discarding is the rollback.
 2. The before-commit hook runs ``dirty_writeout(WRITEOUT_STORE)``: dirty pages
    become block objects.  It must happen before the Connection stores the
@@ -57,10 +57,31 @@ serialize their use of the connection themselves (see
 :mod:`zbigarray.storage._connlock`).  The transaction protocol itself (the
 calls above) runs in the thread that ends or begins the connection's
 transaction, as ZODB requires.
+
+A page fault taken inside a system call (``os.write(fd, view)``,
+``f.readinto(view)``) is served by a *proxy* thread of the fault layer, which
+runs loadblk, dirtied and spill on behalf of the thread that made the call
+(:func:`zbigarray.bigfile.fault_proxy_thread` names it).  With a plain
+transaction manager that changes nothing.  With a thread-local one
+(``db.open(transaction.manager)``), the proxy thread would resolve it to a
+manager of its own, whose transaction nobody commits: the handle would join
+it (and stay in it), and the Connection too when its first changed object
+is stored there (a spill: the faulting thread's commit then fails, the
+Connection still on its savepoint storage; a block restored after a
+rollback: left out of the commit, silently).  So the data manager records, for each thread that acts for the handle, which manager the
+thread-local one resolves to there (:class:`_ThreadManagers`), and the
+callbacks run in a proxy with the faulting thread's
+(:meth:`FileHDataManager.acting_for_thread`).
 """
 
 from __future__ import annotations
 
+import itertools
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from operator import attrgetter
 from typing import Any
 
 import transaction
@@ -121,6 +142,97 @@ class _Savepoint:
         self._dm._rollback(self._epoch, self._snapshot)
 
 
+class _ThreadEntry:
+    """What one thread's thread-local transaction manager resolves to."""
+
+    __slots__ = ("manager", "seq", "__weakref__")
+
+    def __init__(self, manager: transaction.TransactionManager) -> None:
+        self.manager = manager
+        self.seq = 0        # order of the thread's latest registration
+
+
+class _ThreadManagers:
+    """Which manager a thread-local transaction manager resolves to in each
+    thread that acted for a handle, for the proxy threads that serve those
+    threads' page faults (see the module docstring).
+
+    Parameters
+    ----------
+    tm
+        The thread-local manager the handle follows.
+
+    Notes
+    -----
+    A thread's entry is held by the thread itself (a ``threading.local``),
+    the registry keeps it weakly: it goes when the thread ends, whoever else
+    holds the thread's manager (a connection opened in the thread without a
+    manager does), so that nothing piles up and a native id reused by a
+    later thread never finds an ended thread's manager.
+    """
+
+    def __init__(self, tm: transaction.ThreadTransactionManager) -> None:
+        self._tm = tm
+        self._mine = threading.local()
+        self._seq = itertools.count(1)
+        self._lock = threading.Lock()
+        self._by_thread: weakref.WeakValueDictionary[int, _ThreadEntry] = \
+            weakref.WeakValueDictionary()
+
+    def note(self) -> None:
+        """Record the calling thread's manager (it acts for the handle)."""
+        manager = self._tm.manager
+        entry = getattr(self._mine, "entry", None)
+        if entry is None or entry.manager is not manager:
+            entry = self._mine.entry = _ThreadEntry(manager)
+            with self._lock:
+                self._by_thread[threading.get_native_id()] = entry
+        entry.seq = next(self._seq)
+
+    def manager_of(self, tid: int) -> transaction.TransactionManager | None:
+        """The manager of the thread of native id `tid`.
+
+        A thread that never acted for the handle gets the manager of the
+        thread that did last: a view was handed to it by a thread that used
+        the array, and a system call on it is the first thing it does with
+        the handle (its own faults would have registered it), so the thread
+        that handed it over is the best guess at whose transaction the
+        write belongs to.  None when no thread is registered.
+        """
+        with self._lock:
+            entry = self._by_thread.get(tid)
+            if entry is None:
+                entry = max(self._by_thread.values(), key=attrgetter("seq"), default=None)
+        return None if entry is None else entry.manager
+
+    @contextmanager
+    def acting(self) -> Iterator[None]:
+        """Around code acting for the handle: in a thread of the user,
+        register it; in a proxy thread, make the thread-local manager
+        resolve to the faulting thread's meanwhile, for the data manager and
+        for the Connection, which joins ``transaction_manager.get()`` when
+        the first object of a transaction changes (a spill, a block restored
+        from a savepoint).  Only the proxy thread sees the change: it is
+        its thread-local state."""
+        # Looked up at each call: tests substitute it.
+        from zbigarray.bigfile import fault_proxy_thread
+        tid = fault_proxy_thread()
+        if tid is None:
+            self.note()
+            yield
+            return
+        manager = self.manager_of(tid)
+        if manager is None:
+            yield
+            return
+        saved = self._tm.manager
+        self._tm.manager = manager
+        try:
+            yield
+        finally:
+            self._tm.manager = saved
+
+
 @implementer(IDataManager, IDataManagerSavepoint, ISynchronizer)
 class FileHDataManager:
     """Ties one file handle of a ZBigFile to transactions.
@@ -138,7 +250,12 @@ class FileHDataManager:
         self._file = file
         self.fileh = fileh
         self.transaction_manager: Any = None
+        # Set while transaction_manager is thread-local (see the module docstring).
+        self._threads: _ThreadManagers | None = None
         self._txn: Any = None
+        # Joining is check-then-join, from any thread that writes (and the
+        # proxy threads serving their faults): join each transaction once.
+        self._join_lock = threading.Lock()
         self._committed = False     # tpc_finish ran; afterCompletion resets it
         self._hook: ConnectionHook | None = None
 
@@ -160,13 +277,36 @@ class FileHDataManager:
             self.follow(jar.transaction_manager)
 
     def follow(self, tm: Any) -> None:
-        """Take part in the transactions of `tm` from now on."""
-        if tm is self.transaction_manager:
-            return
-        self._leave_manager()
-        self.transaction_manager = tm
-        self._txn = None
-        tm.registerSynch(self)       # calls newTransaction with its current one
+        """Take part in the transactions of `tm` from now on.
+
+        Called in a thread of the user acting for the handle (opening it,
+        or at a transaction boundary of its connection), which is registered
+        as such.
+        """
+        if tm is not self.transaction_manager:
+            self._leave_manager()
+            self.transaction_manager = tm
+            self._threads = (_ThreadManagers(tm)
+                             if isinstance(tm, transaction.ThreadTransactionManager) else None)
+            self._txn = None
+            tm.registerSynch(self)       # calls newTransaction with its current one
+        if self._threads is not None:
+            self._threads.note()
+
+    def acting_for_thread(self) -> AbstractContextManager[None]:
+        """Run the block in the transaction of the thread it acts for.
+
+        In a thread of the user, that is the thread itself, which is
+        registered as acting for the handle.  In a proxy thread of the fault
+        layer (a fault taken inside a system call), it is the faulting
+        thread: with a thread-local manager, the block sees that thread's
+        manager (see the module docstring).  Wraps the fault layer's
+        callbacks and :meth:`join_current`.
+        """
+        threads = self._threads
+        if threads is None:
+            return nullcontext()    # a plain manager: every thread sees the same
+        return threads.acting()
 
     def _leave_manager(self) -> None:
         tm = self.transaction_manager
@@ -187,29 +327,34 @@ class FileHDataManager:
         return True
 
     def _join(self, txn: Any) -> None:
-        if self._txn is txn:
-            return
-        try:
-            txn.join(self)
-        except (ValueError, TransactionFailedError):
-            return      # committing or already completed: nothing to take part in
-        txn.addBeforeCommitHook(self._store)
-        self._txn = txn
+        with self._join_lock:
+            if self._txn is txn:
+                return
+            try:
+                txn.join(self)
+            except (ValueError, TransactionFailedError):
+                return      # committing or already completed: nothing to take part in
+            txn.addBeforeCommitHook(self._store)
+            self._txn = txn
 
     def join_current(self) -> None:
         """Join the current transaction of our manager, if there is one.
 
         Called on each access by ZBigArray, so that a transaction which began
-        implicitly is joined before anything is written in it.
+        implicitly is joined before anything is written in it, and by the
+        fault layer's ``dirtied`` callback.  In a proxy thread serving a
+        fault, the transaction is the faulting thread's
+        (:meth:`acting_for_thread`).
         """
         tm = self.transaction_manager
         if tm is None or self.fileh.closed:
             return
-        try:
-            txn = tm.get()
-        except NoTransaction:
-            return
-        self._join(txn)
+        with self.acting_for_thread():
+            try:
+                txn = tm.get()
+            except NoTransaction:
+                return
+            self._join(txn)
 
     def _discard(self) -> None:
         """The transaction's changes are thrown away: dirty pages, and the

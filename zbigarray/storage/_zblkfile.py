@@ -16,11 +16,17 @@ joins it before the handle's first change, and ``spill`` makes room when the
 RAM is full of dirty pages by storing the oldest into their block objects
 and moving those to the connection's savepoint storage (see
 :mod:`zbigarray.storage._uncommitted`).
+
+loadblk, dirtied and spill may run in a proxy thread of the fault layer,
+serving a fault taken inside a system call for another thread: they act in
+that thread's transaction (see
+:meth:`~zbigarray.storage._datamanager.FileHDataManager.acting_for_thread`).
 """
 
 from __future__ import annotations
 
 import threading
+from contextlib import AbstractContextManager, nullcontext
 from hashlib import blake2b
 from typing import TYPE_CHECKING, Any
 
@@ -84,7 +90,18 @@ class ZBlkBigFile(BigFile):
         zblk = self.zfile.loadblkdata(blk, buf, path, data)
         return zblk, path, data
 
+    def _acting_for_thread(self) -> AbstractContextManager[None]:
+        """Around a callback: in the transaction of the thread it acts for."""
+        return nullcontext() if self.dm is None else self.dm.acting_for_thread()
+
     def loadblk(self, blk: int, buf: memoryview) -> None:
+        # In the faulting thread's transaction (this may be a proxy thread):
+        # restoring a block rolled back to a savepoint changes its block
+        # object, which may make the Connection join the transaction.
+        with self._acting_for_thread():
+            self._loadblk(blk, buf)
+
+    def _loadblk(self, blk: int, buf: memoryview) -> None:
         with object_lock(self.zfile):
             off = self.uncommitted.overlay.pop(blk, None)
             if off is not None:
@@ -174,7 +191,8 @@ class ZBlkBigFile(BigFile):
 
     def dirtied(self) -> None:
         """Called inside the page fault before the handle's first change:
-        join the transaction now, whichever thread writes."""
+        join the transaction now, whichever thread writes (for a proxy
+        thread: the faulting thread's transaction)."""
         if self.dm is not None:
             self.dm.join_current()
 
@@ -182,7 +200,18 @@ class ZBlkBigFile(BigFile):
         """Called inside a page fault that found the RAM full of dirty
         pages: store the older half of ours into their block objects and move
         those to the connection's savepoint storage, so that neither the
-        pages nor the objects stay in memory (see _uncommitted)."""
+        pages nor the objects stay in memory (see _uncommitted).
+
+        ``Connection.savepoint()`` itself uses no transaction manager, but
+        storing changes block objects, and the first change of a transaction
+        makes the Connection join its manager's current transaction: in a
+        proxy thread, that must be the faulting thread's, or the faulting
+        thread's commit would not have the Connection (it fails).
+        """
+        with self._acting_for_thread():
+            self._spill()
+
+    def _spill(self) -> None:
         fileh = None if self.dm is None else self.dm.fileh
         if fileh is None or fileh.closed:
             return
