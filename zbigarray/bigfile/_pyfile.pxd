@@ -24,4 +24,5 @@ cdef void fault_remote_error(virt.BigFile *cf, virt.blk_t blk, int err, const ch
                              virt.pid_t tid) noexcept with gil
 cdef void set_fault_state_calls(int (*failing)() noexcept nogil,
                                 void (*reported)() noexcept nogil,
-                                int (*speculative)() noexcept nogil) noexcept
+                                int (*speculative)() noexcept nogil,
+                                void (*has_gil)() noexcept nogil) noexcept

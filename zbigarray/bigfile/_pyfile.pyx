@@ -47,6 +47,7 @@ cdef extern from "Python.h":
 cdef int _pyfile_loadblk(virt.BigFile *cf, virt.blk_t blk, void *buf) noexcept with gil:
     cdef object owner = <object>(<PyBigFile *>cf).owner
     cdef _BlkBuf blkbuf
+    _fault_has_gil()
     try:
         blkbuf = blkbuf_new(buf, cf.blksize, False)
         blkbuf.lend(owner.loadblk, blk)
@@ -127,6 +128,7 @@ cdef int _pyfile_spill(virt.BigFile *cf) noexcept with gil:
 cdef int _call_in_fault(virt.BigFile *cf, str method) noexcept:
     """Call the owner's @method() from inside a page fault: 0, or -EIO with
     what it raised kept for the failure policy (which the core calls next)."""
+    _fault_has_gil()
     try:
         getattr(<object>(<PyBigFile *>cf).owner, method)()
         return 0
@@ -250,14 +252,18 @@ class _SystemExitArrival(SystemExit):
 cdef int  (*_fault_failing)() noexcept nogil
 cdef void (*_fault_reported)() noexcept nogil
 cdef int  (*_fault_speculative)() noexcept nogil
+# Tells the core a proxy serving a system call's fault got the GIL.
+cdef void (*_fault_has_gil)() noexcept nogil
 
 cdef void set_fault_state_calls(int (*failing)() noexcept nogil,
                                 void (*reported)() noexcept nogil,
-                                int (*speculative)() noexcept nogil) noexcept:
-    global _fault_failing, _fault_reported, _fault_speculative
+                                int (*speculative)() noexcept nogil,
+                                void (*has_gil)() noexcept nogil) noexcept:
+    global _fault_failing, _fault_reported, _fault_speculative, _fault_has_gil
     _fault_failing = failing
     _fault_reported = reported
     _fault_speculative = speculative
+    _fault_has_gil = has_gil
 
 
 cdef object _arrival():

@@ -115,6 +115,7 @@ cdef extern from "virtmem.h" nogil:
     const char *virt_uffd_reason()
     int         virt_uffd_signal()
     pid_t       virt_fault_proxy_tid()
+    void        virt_fault_proxy_has_lock()
     ctypedef void (*virt_fault_remote_error_fn)(BigFile *file, blk_t blk, int err,
                                                 const char *what, pid_t tid)
     void virt_set_fault_remote_error_handler(virt_fault_remote_error_fn fn)

@@ -44,6 +44,9 @@ static __thread int       fault_repeats;
 static __thread int       fault_chaining;
 /* The fault being served came through the userfaultfd (uffd.c). */
 static __thread int       fault_from_uffd;
+/* During this thread's latest load, a fault through the userfaultfd found
+ * that very load in progress once (see fault_serve). */
+static __thread int       fault_selfload_seen;
 /* Loads this thread has in flight (nested when loadblk touches a mapping). */
 static __thread size_t    fault_nloading_mine;
 /* The page this thread's last served fault mapped: the instruction being
@@ -507,6 +510,7 @@ static int fault_around_one(VMA *vma, blk_t blk, size_t nahead)
                     virt__populate_fresh(buf, file->blksize);
                 fault_nloading_mine++;
                 fault_speculative = 1;
+                fault_selfload_seen = 0;
                 r = file->ops->loadblk(file, blk, buf);
                 fault_speculative = 0;
                 fault_nloading_mine--;
@@ -669,6 +673,7 @@ static int fault_serve(uintptr_t addr, int write)
                 if (fresh && !own)
                     virt__populate_fresh(buf, blksize);
                 fault_nloading_mine++;
+                fault_selfload_seen = 0;
                 r = file->ops->loadblk(file, blk, buf);
                 fault_nloading_mine--;
             }
@@ -698,6 +703,16 @@ static int fault_serve(uintptr_t addr, int write)
 
         if (page->state == PAGE_LOADING) {
             if (pthread_equal(page->loader, pthread_self())) {
+                if (fault_from_uffd && !fault_selfload_seen) {
+                    /* Maybe a stale copy of the fault being served: a
+                     * wake-up for another thread let this one retry its
+                     * access, and fault again, before our signal reached
+                     * it (uffd.c cannot tell).  Do nothing: a real touch of
+                     * the block loadblk is loading faults again at once. */
+                    fault_selfload_seen = 1;
+                    virt_unlock();
+                    return FAULT_HANDLED;
+                }
                 fault_fail(fileh, blk, -EDEADLK, "loadblk touched the block it is loading");
                 continue;      /* failing now: a stand-in */
             }

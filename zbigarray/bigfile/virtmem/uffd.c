@@ -75,8 +75,10 @@
 /* A signalled thread that neither ran the handler nor faulted again within
  * this time has the signal blocked: a proxy serves it. */
 #define UFFD_SIGNAL_TIMEOUT 0.2
-/* A proxy that could not get the GIL within this time is waiting for the
- * thread it serves, which holds it: that fault fails with EFAULT. */
+/* A proxy that could not get the GIL within this time (it says when it has
+ * it: virt_fault_proxy_has_lock) is waiting for the thread it serves, which
+ * holds it: that fault fails with EFAULT.  A slow load, once it has the
+ * GIL, may take as long as it takes. */
 #define UFFD_GIL_TIMEOUT    1.0
 
 enum { REQ_IDLE, REQ_SIGNALLED, REQ_SELF, REQ_PROXY };
@@ -94,6 +96,7 @@ typedef struct UffdThread {
     double    since;            /* when the request was made */
     double    signalled;        /* when our signal was last sent */
     uint64_t  timed_out_gen;    /* the proxy of this request timed out */
+    uint64_t  got_lock_gen;     /* its proxy got the interpreter lock once */
 } UffdThread;
 
 typedef struct UffdJob {
@@ -121,8 +124,11 @@ static UffdJob    uffd_jobs[UFFD_MAX_THREADS];
 static size_t     uffd_jobs_head, uffd_jobs_len;
 static int        uffd_nproxies, uffd_nidle;
 
-/* In a proxy: the thread whose fault it serves (0 elsewhere). */
-static __thread pid_t uffd_proxy_for;
+/* In a proxy: the thread whose fault it serves (0 elsewhere), and its
+ * request. */
+static __thread pid_t       uffd_proxy_for;
+static __thread UffdThread *uffd_proxy_job;
+static __thread uint64_t    uffd_proxy_gen;
 static __thread pid_t uffd_my_tid;
 
 static pid_t uffd_gettid(void)
@@ -161,6 +167,12 @@ const char *virt_uffd_reason(void)
 pid_t virt_fault_proxy_tid(void)
 {
     return uffd_proxy_for;
+}
+
+void virt_fault_proxy_has_lock(void)
+{
+    if (uffd_proxy_job)
+        __atomic_store_n(&uffd_proxy_job->got_lock_gen, uffd_proxy_gen, __ATOMIC_RELEASE);
 }
 
 pid_t virt__gettid(void)
@@ -401,8 +413,11 @@ static void *uffd_proxy_main(void *arg)
         BUG_ON(pthread_mutex_unlock(&uffd_mutex) != 0);
 
         uffd_proxy_for = job.tid;
+        uffd_proxy_job = job.t;
+        uffd_proxy_gen = job.gen;
         fault__serve_proxied(job.addr, job.write);
         uffd_proxy_for = 0;
+        uffd_proxy_job = NULL;
 
         BUG_ON(pthread_mutex_lock(&uffd_mutex) != 0);
         int timed_out = job.t->timed_out_gen == job.gen;
@@ -504,6 +519,7 @@ static void uffd_check_timeouts(void)
                                             __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
                 uffd_proxy(t, req_gen(w), t->addr, t->write);
         } else if (req_state(w) == REQ_PROXY && t->timed_out_gen != req_gen(w) &&
+                   __atomic_load_n(&t->got_lock_gen, __ATOMIC_ACQUIRE) != req_gen(w) &&
                    now - t->since > UFFD_GIL_TIMEOUT) {
             /* The proxy waits for the GIL, which the parked thread holds
              * (a system call made without releasing it): fail that access

@@ -327,6 +327,14 @@ int         virt_uffd_signal(void);
  * thread of the core, not in that thread).  0 otherwise. */
 pid_t       virt_fault_proxy_tid(void);
 
+/* Called by a callback run in a proxy once it holds the interpreter lock
+ * its thread needed (the Python GIL): the proxy is then not waiting for the
+ * thread it serves, and its load may take as long as it takes -- without
+ * that call, a proxy not done within a second counts as waiting for a lock
+ * the parked thread holds, and that access fails (EFAULT).  A no-op
+ * elsewhere. */
+void        virt_fault_proxy_has_lock(void);
+
 /* A fault taken in a system call of thread @tid could not be served: the call
  * fails with EFAULT (the block is fenced, inaccessible, until @tid calls
  * virt_fault_reported(), or a page gets mapped there by a fault served in user
