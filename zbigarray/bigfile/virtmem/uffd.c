@@ -339,7 +339,7 @@ static void uffd_fence_later(uintptr_t addr, pid_t tid)
     BUG_ON(uffd_nfences == UFFD_MAX_THREADS);
     uffd_fences[uffd_nfences].addr = addr;
     uffd_fences[uffd_nfences].tid = tid;
-    uffd_nfences++;
+    __atomic_store_n(&uffd_nfences, uffd_nfences + 1, __ATOMIC_RELEASE);
 }
 
 /* Make the fences owed if the virtmem lock is free.  uffd_mutex held. */
@@ -352,7 +352,7 @@ static void uffd_make_fences(void)
     virt_unlock();
     for (size_t i = 0; i < uffd_nfences; i++)
         uffd_wake(uffd_fences[i].addr);
-    uffd_nfences = 0;
+    __atomic_store_n(&uffd_nfences, 0, __ATOMIC_RELEASE);
 }
 
 static void *uffd_proxy_main(void *arg);
@@ -533,7 +533,7 @@ static void uffd_check_timeouts(void)
 
 static int uffd_next_timeout_ms(void)
 {
-    if (uffd_nfences)
+    if (__atomic_load_n(&uffd_nfences, __ATOMIC_ACQUIRE))
         return 1;           /* the virtmem lock was busy: try again soon */
     return __atomic_load_n(&uffd_noutstanding, __ATOMIC_ACQUIRE) ? 50 : -1;
 }
@@ -549,10 +549,7 @@ static void *uffd_server_main(void *arg)
         (void)pthread_setaffinity_np(pthread_self(), sizeof set, &set);
     }
     for (;;) {
-        BUG_ON(pthread_mutex_lock(&uffd_mutex) != 0);
         int timeout = uffd_next_timeout_ms();
-        BUG_ON(pthread_mutex_unlock(&uffd_mutex) != 0);
-
         struct pollfd pfd = { .fd = uffd_fd, .events = POLLIN };
         int n = poll(&pfd, 1, timeout);
         if (n < 0 && errno != EINTR) {
@@ -565,6 +562,10 @@ static void *uffd_server_main(void *arg)
             fprintf(stderr, "zbigarray: userfaultfd read failed: %s\n", strerror(errno));
             abort();
         }
+        /* Every server wakes for each event and all but one find nothing:
+         * those leave the mutex alone, unless there is time-keeping to do. */
+        if (got <= 0 && n != 0 && !__atomic_load_n(&uffd_nfences, __ATOMIC_ACQUIRE))
+            continue;
         BUG_ON(pthread_mutex_lock(&uffd_mutex) != 0);
         for (ssize_t i = 0; got > 0 && i < got / (ssize_t)sizeof msgs[0]; i++) {
             if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
