@@ -68,6 +68,20 @@ static void close_after_proxies(Fixture *f)
     testfile_fini(&f->tf);
 }
 
+/* fixture_open and a mapping of all @nblk blocks, if this process serves
+ * system calls' faults; else NULL, the fixture closed (the test has nothing
+ * to check). */
+static unsigned char *uffd_fixture(Fixture *f, size_t bs, blk_t nblk, size_t capacity)
+{
+    VMA *vma;
+    fixture_open(f, bs, nblk, capacity);
+    unsigned char *p = fixture_mmap(f, 0, nblk, &vma);
+    if (uffd_on())
+        return p;
+    fixture_close(f);
+    return NULL;
+}
+
 TEST(uffd_write_from_untouched_pages_sends_their_data)
 {
     Fixture f;
@@ -103,14 +117,10 @@ TEST(uffd_write_from_untouched_pages_sends_their_data)
 TEST(uffd_read_into_untouched_pages_dirties_them_for_writeout)
 {
     Fixture f;
-    VMA *vma;
     size_t bs = PS;
-    fixture_open(&f, bs, 8, 64 * bs);
-    unsigned char *p = fixture_mmap(&f, 0, 8, &vma);
-    if (!uffd_on()) {
-        fixture_close(&f);
+    unsigned char *p = uffd_fixture(&f, bs, 8, 64 * bs);
+    if (!p)
         return;
-    }
     unsigned char *src = malloc(3 * bs);
     memset(src, 0xab, 3 * bs);
     int fd = memfile(src, 3 * bs);
@@ -132,14 +142,10 @@ TEST(uffd_read_into_untouched_pages_dirties_them_for_writeout)
 TEST(uffd_failed_load_in_a_system_call_is_efault_reported_to_its_thread)
 {
     Fixture f;
-    VMA *vma;
     size_t bs = PS;
-    fixture_open(&f, bs, 8, 64 * bs);
-    unsigned char *p = fixture_mmap(&f, 0, 8, &vma);
-    if (!uffd_on()) {
-        fixture_close(&f);
+    unsigned char *p = uffd_fixture(&f, bs, 8, 64 * bs);
+    if (!p)
         return;
-    }
     memset(&remote, 0, sizeof remote);
     virt_set_fault_remote_error_handler(remote_policy);
     atomic_store(&f.tf.load_fail_blk, 2);
@@ -181,14 +187,10 @@ static int load_waits_for_caller(TestFile *tf, blk_t blk, void *buf)
 TEST(uffd_load_waiting_for_the_caller_times_out_with_efault)
 {
     Fixture f;
-    VMA *vma;
     size_t bs = PS;
-    fixture_open(&f, bs, 4, 64 * bs);
-    unsigned char *p = fixture_mmap(&f, 0, 4, &vma);
-    if (!uffd_on()) {
-        fixture_close(&f);
+    unsigned char *p = uffd_fixture(&f, bs, 4, 64 * bs);
+    if (!p)
         return;
-    }
     memset(&remote, 0, sizeof remote);
     virt_set_fault_remote_error_handler(remote_policy);
     f.tf.on_load = load_waits_for_caller;
@@ -247,15 +249,11 @@ static void *writer_main(void *arg)
 TEST(uffd_threads_mixing_system_calls_and_touches_see_right_data)
 {
     Fixture f;
-    VMA *vma;
     size_t bs = PS;
     blk_t nblk = 64;
-    fixture_open(&f, bs, nblk, 12 * bs);
-    unsigned char *p = fixture_mmap(&f, 0, nblk, &vma);
-    if (!uffd_on()) {
-        fixture_close(&f);
+    unsigned char *p = uffd_fixture(&f, bs, nblk, 12 * bs);
+    if (!p)
         return;
-    }
     pthread_t th[4];
     Writer w[4];
     for (int i = 0; i < 4; i++) {
