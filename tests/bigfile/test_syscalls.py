@@ -765,3 +765,19 @@ def test_a_slow_load_inside_a_system_call_is_waited_for(tmp_path: Path) -> None:
     with fileh, open(tmp_path / "out", "wb") as out:
         assert out.write(view) == 2 * BLK
     assert (tmp_path / "out").read_bytes() == pattern_bytes(2)
+
+
+def test_prefault_refuses_what_it_cannot_touch() -> None:
+    with pytest.raises(TypeError):
+        prefault(object())
+    with pytest.raises(TypeError):
+        prefault([1, 2, 3])
+    ro = np.zeros(10)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        prefault(ro, write=True)
+    prefault(ro)                            # reading is fine
+    prefault(np.zeros(0), write=True)       # nothing to touch
+    strided = np.arange(100_000.0)[::-7]    # negative strides: every page in range
+    prefault(strided, write=True)
+    assert strided[0] == 99_999.0 and strided[-1] == 4.0   # values unchanged

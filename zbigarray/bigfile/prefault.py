@@ -32,9 +32,13 @@ def prefault(buf: object, *, write: bool = False) -> None:
 
     Raises
     ------
+    TypeError
+        `buf` exports no buffer.
     ValueError
         `write` on a read-only buffer.
     """
+    with memoryview(buf):       # TypeError for what is not a buffer
+        pass
     a = np.asarray(buf)
     if a.size == 0:
         return
