@@ -5,13 +5,18 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import ZODB
 import zodburi
 from ZODB.FileStorage import FileStorage
 
+from zbigarray.storage.wendelin_compat import WendelinCompatDB
 
-def open_db(uri: str, **dbkw: Any) -> ZODB.DB:
+
+def open_db(uri: str, **dbkw: Any) -> WendelinCompatDB:
     """Open a ZODB database.
+
+    Databases written by wendelin.core open as they are: their arrays are
+    ZBigArrays, and what is written into them stays readable by
+    wendelin.core (see :mod:`zbigarray.storage.wendelin_compat`).
 
     Parameters
     ----------
@@ -27,7 +32,8 @@ def open_db(uri: str, **dbkw: Any) -> ZODB.DB:
 
     Returns
     -------
-    ZODB.DB
+    WendelinCompatDB
+        A ``ZODB.DB``.
 
     Raises
     ------
@@ -45,7 +51,7 @@ def open_db(uri: str, **dbkw: Any) -> ZODB.DB:
         parent = os.path.dirname(uri)
         if parent:
             os.makedirs(parent, exist_ok=True)
-        return ZODB.DB(FileStorage(uri), **dbkw)
+        return WendelinCompatDB(FileStorage(uri), **dbkw)
     try:
         factory, kw = zodburi.resolve_uri(uri)
     except KeyError as e:       # zodburi's "no resolver" and "unknown keyword"
@@ -53,4 +59,4 @@ def open_db(uri: str, **dbkw: Any) -> ZODB.DB:
     except (ValueError, TypeError) as e:
         raise ValueError(f"open_db({uri!r}): {e}") from e
     kw.update(dbkw)
-    return ZODB.DB(factory(), **kw)
+    return WendelinCompatDB(factory(), **kw)

@@ -128,6 +128,9 @@ class ZBlk1(Persistent):
     bytes) instead of the whole block; reading costs one load per chunk.
     """
 
+    _ZData = ZData
+    """Class of new chunks (a subclass storing another class path sets its own)."""
+
     def __init__(self) -> None:
         self.chunktab = IOBTree()
 
@@ -184,7 +187,7 @@ class ZBlk1(Persistent):
                 if zdata is not None:
                     del chunktab[off]
             elif zdata is None:
-                chunktab[off] = ZData(data)
+                chunktab[off] = self._ZData(data)
             elif zdata.data != data:
                 zdata.data = data
         return bool(chunktab)
@@ -236,6 +239,10 @@ class ZBigFile(Persistent):
     :meth:`fileh_open` gets its own small BigFile that reads and writes blocks
     through this object (see ``docs/storage.md``).
     """
+
+    _zblk_classes: dict[type, type] = {ZBlk0: ZBlk0, ZBlk1: ZBlk1}
+    """Writer's format -> class of new block objects (a subclass storing
+    other class paths sets its own)."""
 
     def __init__(self, blksize: int) -> None:
         if isinstance(blksize, bool) or not isinstance(blksize, int):
@@ -303,7 +310,7 @@ class ZBigFile(Persistent):
         to be stored as they are in `buf` already (see
         :meth:`ZBlk1.setblkdata`).
         """
-        fmt = zblk_writer_format()
+        fmt = self._zblk_classes[zblk_writer_format()]
         zblk = self.blktab.get(blk)
         if type(zblk) is fmt:
             if zblk.setblkdata(buf, unchanged):

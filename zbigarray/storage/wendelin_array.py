@@ -1,0 +1,36 @@
+"""Stand-in for wendelin.core's ZBigArray (see :mod:`zbigarray.storage.wendelin_compat`).
+
+Kept apart from the block classes: a ZBigArray needs the virtual-memory
+extension, the block classes (and reading or migrating a database) do not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zbigarray.bigarray import array_zodb
+from zbigarray.storage.wendelin_compat import (
+    WENDELIN_ARRAY_MODULE,
+    WendelinStandIn,
+    wendelin_header,
+    wendelin_strides,
+)
+
+
+class ZBigArray(WendelinStandIn, array_zodb.ZBigArray,
+                wendelin_name=(WENDELIN_ARRAY_MODULE, "ZBigArray")):
+    """A ZBigArray stored in wendelin.core's layout.
+
+    State, as wendelin.core writes it: ``({'_shape', '_dtype', '_order',
+    '_stridev'}, {'zfile': ZBigFile})``.  Read also without ``_order``
+    (early versions: C order) or ``_stridev``; written always with both,
+    ``_stridev`` computed from the header as wendelin.core does.
+    """
+
+    def __getstate__(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        return ({"_shape": self._shape, "_dtype": self._dtype, "_order": self._order,
+                 "_stridev": wendelin_strides(self._shape, self._dtype.itemsize, self._order)},
+                {"zfile": self.zfile})
+
+    def __setstate__(self, state: Any) -> None:
+        self._shape, self._dtype, self._order, self.zfile = wendelin_header(state)
