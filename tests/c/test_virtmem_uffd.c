@@ -2,13 +2,16 @@
  * write() from and read() into untouched pages work, what read() writes
  * dirties the pages, a load that fails makes the call fail with EFAULT and is
  * reported to the calling thread, a load stuck behind the calling thread
- * times out the same way, and the core falls back to SIGSEGV alone when told
- * to or in a forked child.  These tests need a kernel that allows
+ * times out the same way, only the server of the CPU faults come from is
+ * woken by them, and the core falls back to SIGSEGV alone when told to or in
+ * a forked child.  These tests need a kernel that allows
  * userfaultfd (root, or vm.unprivileged_userfaultfd / /dev/userfaultfd
  * access); where it does not, each checks the fallback instead. */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -262,6 +265,107 @@ TEST(uffd_threads_mixing_system_calls_and_touches_see_right_data)
     }
     for (int i = 0; i < 4; i++)
         CHECK_EQ(pthread_join(th[i], NULL), 0);
+    fixture_close(&f);
+}
+
+/* Our server threads (named zbigarray-uffd), each with the one CPU it is
+ * pinned to and its voluntary context switches (one per wake-up), ordered
+ * by CPU; how many. */
+typedef struct ServerInfo {
+    int  cpu;
+    long nvcsw;
+} ServerInfo;
+
+static int servers_now(ServerInfo *out, int max)
+{
+    DIR *dir = opendir("/proc/self/task");
+    CHECK(dir != NULL);
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(dir)) != NULL) {
+        if (de->d_name[0] == '.')
+            continue;
+        char path[300], line[128];
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", de->d_name);
+        FILE *fp = fopen(path, "r");
+        if (!fp)
+            continue;           /* a thread that just ended */
+        int ours = fgets(line, sizeof line, fp) && strcmp(line, "zbigarray-uffd\n") == 0;
+        fclose(fp);
+        if (!ours)
+            continue;
+        cpu_set_t set;
+        CHECK_OK(sched_getaffinity(atoi(de->d_name), sizeof set, &set));
+        CHECK_EQ(CPU_COUNT(&set), 1);
+        CHECK(n < max);
+        for (int c = 0; c < CPU_SETSIZE; c++)
+            if (CPU_ISSET(c, &set))
+                out[n].cpu = c;
+        out[n].nvcsw = -1;
+        snprintf(path, sizeof path, "/proc/self/task/%s/status", de->d_name);
+        fp = fopen(path, "r");
+        CHECK(fp != NULL);
+        while (fgets(line, sizeof line, fp))
+            if (sscanf(line, "voluntary_ctxt_switches: %ld", &out[n].nvcsw) == 1)
+                break;
+        fclose(fp);
+        CHECK(out[n].nvcsw >= 0);
+        n++;
+    }
+    closedir(dir);
+    for (int i = 1; i < n; i++)             /* by CPU */
+        for (int j = i; j > 0 && out[j - 1].cpu > out[j].cpu; j--) {
+            ServerInfo tmp = out[j];
+            out[j] = out[j - 1];
+            out[j - 1] = tmp;
+        }
+    return n;
+}
+
+TEST(uffd_faults_wake_only_the_server_of_their_cpu)
+{
+    /* Every server polling would wake every CPU for each fault (and make
+     * each eviction interrupt them too): only the faulting CPU's may. */
+    cpu_set_t cpus, one;
+    CHECK_OK(sched_getaffinity(0, sizeof cpus, &cpus));
+    if (CPU_COUNT(&cpus) < 2) {
+        fprintf(stderr, "one CPU here: one server, nothing to check\n");
+        return;
+    }
+    Fixture f;
+    size_t bs = PS;
+    blk_t nblk = 64;
+    unsigned char *p = uffd_fixture(&f, bs, nblk, 8 * bs);
+    if (!p)
+        return;
+    /* Moved to the last CPU (the servers, started with the first mapping,
+     * are pinned one per CPU), a first fault there wakes its server, and
+     * the others rest once they see their CPUs serve nothing for a while. */
+    int cpu = CPU_SETSIZE - 1;
+    while (!CPU_ISSET(cpu, &cpus))
+        cpu--;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    CHECK_OK(sched_setaffinity(0, sizeof one, &one));
+    testfile_check_block(&f.tf, p + (nblk - 1) * bs, nblk - 1);
+    usleep(100 * 1000);
+    testfile_check_block(&f.tf, p + (nblk - 2) * bs, nblk - 2);
+    ServerInfo before[64], after[64];
+    int n = servers_now(before, 64);
+    CHECK(n >= 2);
+    int nfaults = 0;
+    for (int round = 0; round < 5; round++)
+        for (blk_t b = 0; b < nblk; b++, nfaults++)
+            testfile_check_block(&f.tf, p + b * bs, b);      /* 8 pages of RAM: all fault */
+    CHECK_EQ(servers_now(after, 64), n);
+    for (int i = 0; i < n; i++) {
+        CHECK_EQ(after[i].cpu, before[i].cpu);
+        long woken = after[i].nvcsw - before[i].nvcsw;
+        if (after[i].cpu == cpu)
+            CHECK(woken >= nfaults / 2);    /* it served them */
+        else
+            CHECK(woken <= 3);
+    }
     fixture_close(&f);
 }
 

@@ -45,6 +45,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/futex.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
 #include <sched.h>
@@ -66,6 +67,9 @@
  * (measured: a server on the faulting thread's CPU answers in ~10 us on a
  * 2-core VM, one woken on the other CPU in ~50 us), at most this many. */
 #define UFFD_MAX_SERVERS   8
+/* A server whose CPU served no fault for this long stops polling (see
+ * UffdServer). */
+#define UFFD_SERVER_REST   0.05
 /* Proxies serving faults of system calls, created on demand. */
 #define UFFD_MAX_PROXIES   8
 /* Our signal: SIGRTMIN + this (Python and glibc use none of these). */
@@ -106,6 +110,31 @@ typedef struct UffdJob {
     uintptr_t   addr;
     int         write;
 } UffdJob;
+
+/* A server, and whether it polls the userfaultfd.
+ *
+ * Every thread polling the descriptor is woken by every event, so a server
+ * per CPU all polling costs each fault a wake-up of the other CPUs -- an
+ * interrupt each -- and, as those servers then run in our address space,
+ * an interrupt more each when the fault's handler evicts a page (the TLB
+ * shoot-down).  Measured on a 2-core VM: one of each per fault, most of the
+ * userfaultfd path's extra cost at 2 MiB blocks.  So only servers of CPUs
+ * that faults come from poll: the signal handler notes its CPU, waking that
+ * CPU's server if it rests, and a server whose CPU served nothing for
+ * UFFD_SERVER_REST goes back to rest -- never the last one polling, which
+ * serves faults from everywhere else (system calls, the first fault on a
+ * CPU). */
+typedef struct UffdServer {
+    int            cpu;         /* pinned to (-1: not pinned) */
+    int            polling;     /* futex word: 1 polls, 0 rests */
+    unsigned long  served;      /* faults handled on its CPU (by signal handlers) */
+    unsigned long  served_seen; /* `served` when last looked at */
+    double         looked;      /* when that was */
+} UffdServer;
+
+static UffdServer  uffd_servers[UFFD_MAX_SERVERS];
+static int         uffd_npolling;   /* never more than really poll; at least 1 */
+static signed char uffd_server_of_cpu[CPU_SETSIZE];
 
 static pthread_mutex_t uffd_mutex = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t  uffd_jobs_cond = PTHREAD_COND_INITIALIZER;
@@ -384,8 +413,10 @@ static void uffd_proxy(UffdThread *t, uint64_t gen, uintptr_t addr, int write)
     sigdelset(&all, uffd_signo);
     sigdelset(&all, SIGSEGV);
     BUG_ON(pthread_sigmask(SIG_SETMASK, &all, &old) != 0);
-    if (pthread_create(&th, &attr, uffd_proxy_main, NULL) == 0)
+    if (pthread_create(&th, &attr, uffd_proxy_main, NULL) == 0) {
         uffd_nproxies++;
+        (void)pthread_setname_np(th, "zbigarray-proxy");   /* cosmetic */
+    }
     BUG_ON(pthread_sigmask(SIG_SETMASK, &old, NULL) != 0);
     BUG_ON(pthread_attr_destroy(&attr) != 0);
     if (uffd_nproxies == 0) {
@@ -538,17 +569,63 @@ static int uffd_next_timeout_ms(void)
     return __atomic_load_n(&uffd_noutstanding, __ATOMIC_ACQUIRE) ? 50 : -1;
 }
 
+static long uffd_futex(int *word, int op, int val)
+{
+    return syscall(SYS_futex, word, op, val, NULL, NULL, 0);
+}
+
+/* In a signal handler: a fault is being served on this CPU; make sure its
+ * server polls.  Lock-free (it may interrupt anything). */
+static void uffd_server_note_cpu(void)
+{
+    int cpu = sched_getcpu();
+    if (cpu < 0 || cpu >= CPU_SETSIZE || uffd_server_of_cpu[cpu] < 0)
+        return;
+    UffdServer *srv = &uffd_servers[uffd_server_of_cpu[cpu]];
+    __atomic_fetch_add(&srv->served, 1, __ATOMIC_RELAXED);
+    int resting = 0;
+    if (!__atomic_load_n(&srv->polling, __ATOMIC_ACQUIRE) &&
+        __atomic_compare_exchange_n(&srv->polling, &resting, 1, 0,
+                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        /* Counted after it polls: the count may lag, never lead. */
+        __atomic_fetch_add(&uffd_npolling, 1, __ATOMIC_ACQ_REL);
+        (void)uffd_futex(&srv->polling, FUTEX_WAKE_PRIVATE, 1);
+    }
+}
+
+/* Whether @srv, polling, should rest now: its CPU served no fault for
+ * UFFD_SERVER_REST, and another server polls.  Then it no longer counts as
+ * polling when this returns 1. */
+static int uffd_server_may_rest(UffdServer *srv)
+{
+    double now = uffd_now();
+    if (now - srv->looked < UFFD_SERVER_REST)
+        return 0;
+    unsigned long served = __atomic_load_n(&srv->served, __ATOMIC_RELAXED);
+    int idle = served == srv->served_seen;
+    srv->served_seen = served;
+    srv->looked = now;
+    if (!idle)
+        return 0;
+    int n = __atomic_load_n(&uffd_npolling, __ATOMIC_ACQUIRE);
+    while (n > 1)
+        if (__atomic_compare_exchange_n(&uffd_npolling, &n, n - 1, 0,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            return 1;
+    return 0;
+}
+
 static void *uffd_server_main(void *arg)
 {
-    long cpu = (long)arg;
-    if (cpu >= 0) {
-        cpu_set_t set;
-        CPU_ZERO(&set);
-        CPU_SET((int)cpu, &set);
-        /* Best effort: unpinned, it still serves, only slower. */
-        (void)pthread_setaffinity_np(pthread_self(), sizeof set, &set);
-    }
+    UffdServer *srv = arg;
     for (;;) {
+        if (uffd_server_may_rest(srv)) {
+            /* A handler on this CPU may have set it again meanwhile: the
+             * wait below then returns at once. */
+            __atomic_store_n(&srv->polling, 0, __ATOMIC_RELEASE);
+        }
+        while (!__atomic_load_n(&srv->polling, __ATOMIC_ACQUIRE))
+            (void)uffd_futex(&srv->polling, FUTEX_WAIT_PRIVATE, 0);
         int timeout = uffd_next_timeout_ms();
         struct pollfd pfd = { .fd = uffd_fd, .events = POLLIN };
         int n = poll(&pfd, 1, timeout);
@@ -562,8 +639,9 @@ static void *uffd_server_main(void *arg)
             fprintf(stderr, "zbigarray: userfaultfd read failed: %s\n", strerror(errno));
             abort();
         }
-        /* Every server wakes for each event and all but one find nothing:
-         * those leave the mutex alone, unless there is time-keeping to do. */
+        /* Every polling server wakes for each event and all but one find
+         * nothing: those leave the mutex alone, unless there is
+         * time-keeping to do. */
         if (got <= 0 && n != 0 && !__atomic_load_n(&uffd_nfences, __ATOMIC_ACQUIRE))
             continue;
         BUG_ON(pthread_mutex_lock(&uffd_mutex) != 0);
@@ -608,6 +686,7 @@ static void uffd_on_signal(int sig, siginfo_t *si, void *uctx)
             /* Cleared before serving: a fault inside loadblk gets a signal
              * of its own (nested, SA_NODEFER). */
             __atomic_store_n(&t->signal_pending, 0, __ATOMIC_RELEASE);
+            uffd_server_note_cpu();
             fault__serve_signalled(addr, write);
             uint64_t self = req_word(req_gen(w), REQ_SELF);
             if (__atomic_compare_exchange_n(&t->word, &self, req_word(req_gen(w), REQ_IDLE), 0,
@@ -677,17 +756,26 @@ static int uffd_probe(void)
 static int uffd_start_threads(void)
 {
     cpu_set_t cpus;
-    long pinned[UFFD_MAX_SERVERS];
     int n = 0;
+    memset(uffd_server_of_cpu, -1, sizeof uffd_server_of_cpu);
     if (sched_getaffinity(0, sizeof cpus, &cpus) == 0) {
         for (int c = 0; c < CPU_SETSIZE && n < UFFD_MAX_SERVERS; c++)
-            if (CPU_ISSET(c, &cpus))
-                pinned[n++] = c;
+            if (CPU_ISSET(c, &cpus)) {
+                uffd_server_of_cpu[c] = (signed char)n;
+                uffd_servers[n++].cpu = c;
+            }
     }
-    if (n == 0)
-        pinned[n++] = -1;       /* unknown CPUs: one server, unpinned */
-    if (n == 1)
-        pinned[0] = -1;
+    if (n <= 1) {
+        /* One CPU, or unknown ones: one server, unpinned. */
+        memset(uffd_server_of_cpu, -1, sizeof uffd_server_of_cpu);
+        n = 1;
+        uffd_servers[0].cpu = -1;
+    }
+    double now = uffd_now();
+    for (int i = 0; i < n; i++) {
+        uffd_servers[i].polling = 0;
+        uffd_servers[i].looked = now;
+    }
 
     sigset_t all, old;
     sigfillset(&all);
@@ -699,14 +787,45 @@ static int uffd_start_threads(void)
         pthread_attr_t attr;
         BUG_ON(pthread_attr_init(&attr) != 0);
         BUG_ON(pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) != 0);
-        err = -pthread_create(&th, &attr, uffd_server_main, (void *)pinned[i]);
+        if (uffd_servers[i].cpu >= 0) {
+            cpu_set_t set;
+            CPU_ZERO(&set);
+            CPU_SET(uffd_servers[i].cpu, &set);
+            BUG_ON(pthread_attr_setaffinity_np(&attr, sizeof set, &set) != 0);
+        }
+        err = -pthread_create(&th, &attr, uffd_server_main, &uffd_servers[i]);
+        if (err == -EINVAL && uffd_servers[i].cpu >= 0) {
+            /* The CPU went offline meanwhile: unpinned, the server still
+             * serves, only slower. */
+            uffd_server_of_cpu[uffd_servers[i].cpu] = -1;
+            uffd_servers[i].cpu = -1;
+            BUG_ON(pthread_attr_destroy(&attr) != 0);
+            BUG_ON(pthread_attr_init(&attr) != 0);
+            BUG_ON(pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) != 0);
+            err = -pthread_create(&th, &attr, uffd_server_main, &uffd_servers[i]);
+        }
         BUG_ON(pthread_attr_destroy(&attr) != 0);
         if (err)
             break;
+        /* Named for top, gdb and our tests; a name is cosmetic. */
+        (void)pthread_setname_np(th, "zbigarray-uffd");
         started++;
     }
     BUG_ON(pthread_sigmask(SIG_SETMASK, &old, NULL) != 0);
-    return started ? 0 : err;
+    if (!started)
+        return err;
+    /* Servers that could not start are no CPU's. */
+    for (int i = started; i < n; i++)
+        if (uffd_servers[i].cpu >= 0)
+            uffd_server_of_cpu[uffd_servers[i].cpu] = -1;
+    /* The server of the starting thread's CPU polls first. */
+    int cpu = sched_getcpu();
+    int first = cpu >= 0 && cpu < CPU_SETSIZE && uffd_server_of_cpu[cpu] >= 0 ?
+                uffd_server_of_cpu[cpu] : 0;
+    uffd_npolling = 1;
+    __atomic_store_n(&uffd_servers[first].polling, 1, __ATOMIC_RELEASE);
+    (void)uffd_futex(&uffd_servers[first].polling, FUTEX_WAKE_PRIVATE, 1);
+    return 0;
 }
 
 /* Called once, under the fault-handler install mutex, before the first VMA. */
