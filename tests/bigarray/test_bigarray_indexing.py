@@ -17,6 +17,8 @@ from zbigarray.bigarray import BigArray
 from zbigarray.bigarray._memory import memory_owner
 from zbigarray.bigfile import WRITEOUT_MARKSTORED, WRITEOUT_STORE
 
+from tests.common import run_in_child
+
 from .backends import MemFile, file_array
 
 MiB = 1024 * 1024
@@ -27,7 +29,7 @@ def _mapping(view: np.ndarray):
     return memory_owner(view)[1]
 
 
-def test_int_index_of_10gib_array_maps_and_loads_one_block():
+def test_int_index_of_10gib_array_loads_one_block():
     # 10 GiB of float64 rows of 4 KiB, in 2 MiB blocks: row k lies in one block.
     f = MemFile(2 * MiB)
     A = BigArray((10 * GiB // 4096, 512), "f8", f.fileh_open())
@@ -35,22 +37,84 @@ def test_int_index_of_10gib_array_maps_and_loads_one_block():
     row = A[k]
     assert row.shape == (512,)
     blk = k * 4096 // (2 * MiB)
-    assert _mapping(row).vma.filerange() == (blk, 1)
+    assert _mapping(row).file_offset(row) == k * 4096
     assert row.sum() == 0
     assert f.loaded == {blk: 1}
 
 
 @pytest.mark.parametrize("order", "CF")
-def test_slice_maps_only_the_blocks_of_its_major_range(order):
+def test_slice_loads_only_the_blocks_of_its_major_range(order):
     f = MemFile(4096)
+    f.fault_around = 0      # exact loads (fault-around reads ahead, beyond the view)
     A = BigArray((64, 512), "u1", f.fileh_open(), order) if order == "C" else \
         BigArray((512, 64), "u1", f.fileh_open(), order)
     idx = np.s_[10:30:7] if order == "C" else np.s_[:, 10:30:7]
     view = A[idx]
     # Rows 10, 17, 24 of 512 bytes: bytes [5120, 12800) -> blocks 1..3.
-    assert _mapping(view).vma.filerange() == (1, 3)
+    assert _mapping(view).file_offset(view) == 5120
     view.sum()
     assert set(f.loaded) == {1, 2, 3}
+
+
+def test_slices_share_one_mapping_of_the_whole_array():
+    # A scan in slices done twice finds the pages of the first pass mapped
+    # already: no fault, no load, as numpy.memmap.
+    f = MemFile(4096)
+    A = BigArray((64, 1024), "u1", f.fileh_open())
+    views = [A[lo:lo + 8] for lo in range(0, 64, 8)]
+    vmas = {id(_mapping(v).vma) for v in views}
+    assert len(vmas) == 1
+    assert _mapping(views[0]).vma.filerange() == (0, 16)
+    for v in views:
+        v.sum()
+    assert f.loaded == {b: 1 for b in range(16)}
+    del views
+    for lo in range(0, 64, 8):
+        A[lo:lo + 8].sum()
+    assert f.loaded == {b: 1 for b in range(16)}
+    assert A._fileh.stats()["nvma"] == 1
+
+
+def test_array_beyond_the_map_window_maps_the_window_around_an_access(monkeypatch):
+    from zbigarray.bigarray import _bigarray
+
+    monkeypatch.setattr(_bigarray, "MAP_WINDOW", 8 * 4096)
+    f = MemFile(4096)
+    f.fault_around = 0
+    A = BigArray((100, 4096), "u1", f.fileh_open())
+    row = A[21]
+    assert _mapping(row).vma.filerange() == (16, 8)
+    # An access across windows maps what it needs, from its window's start.
+    view = A[21:30]
+    assert _mapping(view).vma.filerange() == (16, 14)
+    assert f.loaded == {}
+    view.sum()
+    assert set(f.loaded) == set(range(21, 30))
+
+
+def _map_request_only_when_the_array_does_not_fit_address_space() -> None:
+    import resource
+
+    from tests.bigarray.backends import MemFile
+    from zbigarray.bigarray import BigArray
+    from zbigarray.bigarray._memory import memory_owner
+
+    f = MemFile(2 * MiB)
+    fileh = f.fileh_open()
+    A = BigArray((60 * GiB // 4096, 512), "f8", fileh)
+    # Address space for the process as it is and 1 GiB more: the array's
+    # 60 GiB cannot be reserved, the one block asked for can.
+    with open("/proc/self/status") as st:
+        vm_kib = next(int(line.split()[1]) for line in st if line.startswith("VmSize:"))
+    limit = vm_kib * 1024 + GiB
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    row = A[1234567]
+    assert memory_owner(row)[1].vma.filerange() == (1234567 * 4096 // (2 * MiB), 1)
+    assert row.sum() == 0
+
+
+def test_mapping_falls_back_to_the_request_when_address_space_is_short():
+    run_in_child(_map_request_only_when_the_array_does_not_fit_address_space)
 
 
 @pytest.mark.parametrize(

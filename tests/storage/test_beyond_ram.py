@@ -32,9 +32,13 @@ MiB = 1 << 20
 RAM = 64 * MiB
 ENV = {"ZBIGARRAY_RAM_MAX": "64M"}
 ALLOWANCE = 192 * MiB
-"""Peak resident memory a writer may gain beyond the RAM capacity: the
+"""Peak resident memory a writer may gain beyond twice the RAM capacity: the
 64 MiB NumPy temporary of a slice, ZODB's caches and the block objects of
-one spill."""
+one spill.  Twice: the resident set counts a page of the RAM once for each
+mapping showing it -- the RAM's own window and the array's mapping, which
+keeps the pages it touched mapped, as ``numpy.memmap`` does -- although it
+is one page of memory."""
+BOUND = 2 * RAM + ALLOWANCE
 GiB = 1 << 30
 
 # Shared by the children: `P` (a dict of parameters) is defined before.
@@ -166,11 +170,11 @@ def write_then_read(uri: str, nbytes: int, end: str, old: bool = False,
     if end == "commit":
         assert r["formats"] == [fmt]
     assert r["used"] <= RAM
-    assert r["hwm_growth"] <= RAM + ALLOWANCE, r
+    assert r["hwm_growth"] <= BOUND, r
     # Memory last: a failure here means the data was right.
-    assert w["hwm_writes"] <= RAM + ALLOWANCE, \
+    assert w["hwm_writes"] <= BOUND, \
         f"peak memory grew by {w['hwm_writes'] / MiB:.0f} MiB during the writes"
-    assert w["hwm_growth"] <= RAM + ALLOWANCE, \
+    assert w["hwm_growth"] <= BOUND, \
         f"peak memory grew by {w['hwm_growth'] / MiB:.0f} MiB by the end of the " \
         f"transaction ({w['hwm_writes'] / MiB:.0f} MiB by the end of the writes)"
 
@@ -232,5 +236,5 @@ def test_dask_store(tmp_path: Path, lock: bool) -> None:
     r = child(READER, params)
     print(f"reader: {r}")
     assert r["bad"] == [], f"wrong data in slices starting at {r['bad'][:10]}"
-    assert w["hwm_growth"] <= RAM + ALLOWANCE, \
+    assert w["hwm_growth"] <= BOUND, \
         f"peak memory grew by {w['hwm_growth'] / MiB:.0f} MiB by the end of the transaction"

@@ -1,11 +1,12 @@
 """BigArray: ndarray semantics over a file handle (see DESIGN.md, "BigArray").
 
 A BigArray is ``(shape, dtype, order)`` over a file handle.  Its elements lie
-contiguously in C or Fortran order from byte 0 of the file.  Indexing maps only
-the pages that cover the rows of the *major* axis the index touches (axis 0 in
-C order, the last axis in Fortran order: rows of that axis are contiguous
-bytes) and returns a real ``numpy.ndarray`` over that mapping, so NumPy, C and
-Cython code run on it unchanged and its pages load lazily on first touch.
+contiguously in C or Fortran order from byte 0 of the file.  Indexing works
+out the rows of the *major* axis the index touches (axis 0 in C order, the
+last axis in Fortran order: rows of that axis are contiguous bytes) and
+returns a real ``numpy.ndarray`` over those bytes of a mapping of the file, so
+NumPy, C and Cython code run on it unchanged and its pages load lazily on
+first touch.
 """
 
 from __future__ import annotations
@@ -77,6 +78,13 @@ def _format_size(nbytes: int) -> str:
     return f"{nbytes} bytes" if k == 0 else f"{nbytes / 1024**k:.2f} {units[k]}"
 
 
+MAP_WINDOW = 64 << 30
+"""Bytes of address space a BigArray maps at most beyond what an access needs
+(see ``BigArray._mmap_bytes``): the whole of any array up to this size.  A
+larger array is bigger than any RAM its pages could stay in, so mapping
+more of it would keep nothing warm."""
+
+
 def _covers(vma: Any, fileh: Any, pgoffset: int, pgstop: int) -> bool:
     """Whether ``vma`` is an open mapping of ``fileh`` that covers pages
     ``[pgoffset, pgstop)``."""
@@ -90,9 +98,8 @@ class BigArray:
     """An array of fixed shape and dtype whose elements live in a file handle.
 
     ``A[idx]`` (basic indexing) returns an ``ndarray`` view over a mapping of
-    the file: writes through it change the file, and only the pages covering
-    the rows of the major axis that ``idx`` touches are mapped (and loaded, on
-    first touch).  Advanced indexing reads a copy and writes in place, as in
+    the file: writes through it change the file, and a page is loaded only
+    when first touched.  Advanced indexing reads a copy and writes in place, as in
     NumPy.  A view keeps its mapping, and so the file handle, alive: it stays
     valid after the BigArray itself is gone.
 
@@ -255,7 +262,13 @@ class BigArray:
 
         The last VMA made is kept and reused while it covers the request: a
         page appears in a new mapping only through a fault, so re-mapping the
-        same pages for every ``A[...]`` would fault each of them again.
+        same pages for every ``A[...]`` would fault each of them again.  For
+        the same reason a new VMA covers the whole array when it is at most
+        ``MAP_WINDOW`` bytes (else the window-aligned range around the
+        request): address space costs nothing until touched, and a scan in
+        slices, done again, then finds every page still in RAM already
+        mapped, as ``numpy.memmap`` does, instead of faulting each page
+        into each slice's new mapping.
         """
         fileh = self._fileh
         blksize = fileh.file.blksize
@@ -263,8 +276,15 @@ class BigArray:
         pgstop = -(-stop // blksize)
         vma = self._v_vma
         if not _covers(vma, fileh, pgoffset, pgstop):
+            window = max(MAP_WINDOW // blksize, 1)
+            pgend = -(-self.nbytes // blksize)
+            maplo = pgoffset // window * window
+            maphi = max(pgstop, min(pgend, maplo + window))
             try:
-                vma = fileh.mmap(pgoffset, pgstop - pgoffset)
+                try:
+                    vma = fileh.mmap(maplo, maphi - maplo)
+                except (OverflowError, MemoryError):
+                    vma = fileh.mmap(pgoffset, pgstop - pgoffset)
             except (OverflowError, MemoryError) as exc:
                 # A range the address space cannot hold (OverflowError from
                 # the core) or mmap refuses (ENOMEM) is an array that cannot

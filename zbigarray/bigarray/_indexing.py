@@ -2,8 +2,8 @@
 
 A BigArray is laid out contiguously along its *major* axis (axis 0 in C order,
 the last axis in Fortran order): rows ``[lo, hi)`` of that axis occupy one
-contiguous byte range of the file.  To serve ``A[idx]`` BigArray maps only that
-range as an ndarray ``sub`` (whose major axis has ``hi - lo`` rows) and lets
+contiguous byte range of the file.  To serve ``A[idx]`` BigArray views only
+that range as an ndarray ``sub`` (whose major axis has ``hi - lo`` rows) and lets
 NumPy apply an index rewritten relative to ``lo``.  This module does the
 analysis; it never touches memory.
 
