@@ -8,6 +8,7 @@ from typing import Any
 import zodburi
 from ZODB.FileStorage import FileStorage
 
+from zbigarray.storage.snapshot import remember_uri
 from zbigarray.storage.wendelin_compat import WendelinCompatDB
 
 
@@ -51,7 +52,9 @@ def open_db(uri: str, **dbkw: Any) -> WendelinCompatDB:
         parent = os.path.dirname(uri)
         if parent:
             os.makedirs(parent, exist_ok=True)
-        return WendelinCompatDB(FileStorage(uri), **dbkw)
+        db = WendelinCompatDB(FileStorage(uri), **dbkw)
+        remember_uri(db, os.path.abspath(uri))
+        return db
     try:
         factory, kw = zodburi.resolve_uri(uri)
     except KeyError as e:       # zodburi's "no resolver" and "unknown keyword"
@@ -59,4 +62,7 @@ def open_db(uri: str, **dbkw: Any) -> WendelinCompatDB:
     except (ValueError, TypeError) as e:
         raise ValueError(f"open_db({uri!r}): {e}") from e
     kw.update(dbkw)
-    return WendelinCompatDB(factory(), **kw)
+    db = WendelinCompatDB(factory(), **kw)
+    # Other processes reach it by the same URI (zbigarray.storage.snapshot).
+    remember_uri(db, uri)
+    return db
