@@ -14,6 +14,7 @@ from zbigarray.storage._connlock import object_lock
 from zbigarray.storage._datamanager import default_fileh
 from zbigarray.storage._reconnect import retry_while_disconnected
 from zbigarray.storage.file_zodb import ZBigFile
+from zbigarray.storage.snapshot import SnapshotRef, snapshot_ref
 
 
 class ZBigArray(BigArray, Persistent):
@@ -133,6 +134,36 @@ class ZBigArray(BigArray, Persistent):
         with object_lock(self):
             BigArray.resize(self, new_shape, refcheck)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled outside ZODB (multiprocessing, dask, ...), a ZBigArray is a
+        reference to it -- database URI, oid, and the snapshot its connection
+        reads -- a few hundred bytes, never its content.  Unpickled, it opens
+        that database (once per process) and is the array read-only at that
+        snapshot.  (ZODB itself stores references to it by oid and never
+        calls this.)
+
+        Raises
+        ------
+        TypeError
+            Not stored yet.
+        ValueError
+            Its database is not reachable from other processes.
+        """
+        return (_open_snapshot, (snapshot_ref(self),))
+
+    def __setitem__(self, idx: Any, value: Any) -> None:
+        jar = self._p_jar
+        if jar is not None and jar.isReadOnly():
+            raise TypeError(_read_only_message(self))
+        BigArray.__setitem__(self, idx, value)
+
+    def to_dask(self, chunks: Any = None) -> Any:
+        """This array as a ``dask.array.Array`` at the snapshot the calling
+        transaction reads (see :func:`zbigarray.dask.to_dask`; needs dask)."""
+        from zbigarray.dask import to_dask
+
+        return to_dask(self, chunks)
+
     def __dask_tokenize__(self) -> str:
         """A new token at each call: dask must not take two readings of a
         changing array for the same data.
@@ -141,3 +172,15 @@ class ZBigArray(BigArray, Persistent):
         loads every block object of the file through ZODB.
         """
         return uuid.uuid4().hex
+
+
+def _read_only_message(A: Any) -> str:
+    return (f"{type(A).__name__} {A._p_oid!r} is read-only here: its connection reads a "
+            f"past snapshot or a read-only database (an array unpickled in another process, "
+            f"e.g. a dask worker, is one).  Write from the process whose transaction will "
+            f"commit it: zbigarray.dask.store(x, A) computes on workers and writes here")
+
+
+def _open_snapshot(ref: SnapshotRef) -> ZBigArray:
+    """Unpickling a ZBigArray: the array at `ref`'s snapshot."""
+    return ref.open()

@@ -193,6 +193,12 @@ class ZBlkBigFile(BigFile):
         """Called inside the page fault before the handle's first change:
         join the transaction now, whichever thread writes (for a proxy
         thread: the faulting thread's transaction)."""
+        jar = self.zfile._p_jar
+        if jar is not None and jar.isReadOnly():
+            # A past snapshot or a read-only database: the change could
+            # never be committed, so it is refused at once rather than lost.
+            raise TypeError(f"ZBigFile {self.zfile._p_oid!r} is read-only here: its connection "
+                            f"reads a past snapshot or a read-only database")
         if self.dm is not None:
             self.dm.join_current()
 

@@ -92,12 +92,13 @@ def snapshot_of(conn: Connection) -> bytes:
     last transaction its current transaction sees."""
     if conn.before is not None:
         return conn.before
-    start = getattr(conn._storage, "_start", None)   # ZODB's MVCC adapter
-    if start is None:
-        # No transaction begun on it yet: its first one will see the latest.
-        conn.newTransaction(None, False)
-        start = conn._storage._start
-    return start
+    view = conn._storage
+    start = getattr(view, "_start", None)   # ZODB's MVCC adapter: set on open
+    if start is not None:
+        return start
+    # A storage that is its own MVCC view (RelStorage): its last transaction
+    # is the newest its snapshot sees.
+    return p64(u64(view.lastTransaction()) + 1)
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,10 @@ class SnapshotRef:
     def open(self) -> Any:
         """The object, read-only at the snapshot, from a historical connection
         of this process (opened on first use and kept)."""
-        return _connection(self.uri, self.before).get(self.oid)
+        with _lock:
+            # Connection.get is not thread-safe: two threads missing the
+            # cache at once would both add the object.
+            return _connection(self.uri, self.before).get(self.oid)
 
 
 def snapshot_ref(obj: Any) -> SnapshotRef:
@@ -159,26 +163,26 @@ def _open_database(uri: str) -> ZODB.DB:
 
 
 def _connection(uri: str, before: bytes) -> Connection:
+    """A historical connection at `before` to `uri`.  Called with _lock held."""
     key = (uri, before)
-    with _lock:
-        conn = _connections.get(key)
-        if conn is not None:
-            _connections.move_to_end(key)
-            return conn
-        db = _dbs_here.get(uri) or _dbs.get(uri)
-        if db is not None and u64(db.storage.lastTransaction()) < u64(before) - 1:
-            # A read-only FileStorage opened before the snapshot was taken.
-            if db is _dbs.get(uri):
-                _forget_database(uri)
-            db = None
-        if db is None:
-            db = _dbs[uri] = _open_database(uri)
-        conn = db.open(before=before)
-        _connections[key] = conn
-        while len(_connections) > _MAX_CONNECTIONS:
-            _, old = _connections.popitem(last=False)
-            old.close()
+    conn = _connections.get(key)
+    if conn is not None:
+        _connections.move_to_end(key)
         return conn
+    db = _dbs_here.get(uri) or _dbs.get(uri)
+    if db is not None and u64(db.storage.lastTransaction()) < u64(before) - 1:
+        # A read-only FileStorage opened before the snapshot was taken.
+        if db is _dbs.get(uri):
+            _forget_database(uri)
+        db = None
+    if db is None:
+        db = _dbs[uri] = _open_database(uri)
+    conn = db.open(before=before)
+    _connections[key] = conn
+    while len(_connections) > _MAX_CONNECTIONS:
+        _, old = _connections.popitem(last=False)
+        old.close()
+    return conn
 
 
 def _forget_database(uri: str) -> None:
