@@ -230,7 +230,13 @@ class ZBlkBigFile(BigFile):
             jar = self.zfile._p_jar
             if jar is None:
                 return      # a new file, in no connection yet: objects stay in memory
-            jar.savepoint()
+            # Pages that held what their blocks hold (zeros over holes, data
+            # written back unchanged) change no object: then the connection
+            # may not have joined the transaction, and a savepoint would
+            # switch it to a savepoint storage that no abort of this
+            # transaction clears (its next transaction fails).
+            if getattr(jar, "_registered_objects", True):
+                jar.savepoint()
             # Unchanged now (in the savepoint storage): the cache may drop them.
             for zblk in spilled:
                 type(zblk).ghostify(zblk)    # a ghost stays one: no load

@@ -33,7 +33,7 @@ from BTrees.IOBTree import IOBTree
 from BTrees.LOBTree import LOBTree
 from persistent import Persistent
 
-from zbigarray.storage import _btree
+from zbigarray.storage import _btree, _records
 
 if TYPE_CHECKING:
     from zbigarray.bigfile import RAM, BigFileH
@@ -46,9 +46,22 @@ ZBLK_FMT_ENV: str = "ZBIGARRAY_ZBLK_FMT"
 
 _BLKSIZE_MAX = 1 << 30
 
+_COPY_NOGIL_MIN = 1 << 16
+
 
 def _zero(buf: memoryview, start: int, stop: int) -> None:
     np.frombuffer(buf, np.uint8)[start:stop] = 0
+
+
+def _copy(buf: memoryview, start: int, data: bytes | memoryview) -> None:
+    """buf[start:start+len(data)] = data.  A big copy goes through NumPy,
+    which releases the GIL meanwhile (a memoryview assignment holds it):
+    ZEO's I/O thread receives the next blocks while a block is copied."""
+    n = len(data)
+    if n < _COPY_NOGIL_MIN:
+        buf[start:start + n] = data
+    else:
+        np.frombuffer(buf, np.uint8)[start:start + n] = np.frombuffer(data, np.uint8)
 
 
 class _BytesState(Persistent):
@@ -90,14 +103,21 @@ class ZBlk0(_BytesState):
     """
 
     def loadblkdata(self, buf: memoryview, deps: list[Persistent]) -> None:
-        """Fill `buf` with the block; append the objects read to `deps`."""
-        data = self.data
+        """Fill `buf` with the block; append the objects read to `deps`.
+
+        A ghost is read from its record, without loading the object (see
+        :mod:`zbigarray.storage._records`).  Call through the class: a
+        method looked up on a ghost loads it.
+        """
         deps.append(self)
+        data = _records.bytes_state_of(self)
+        if data is None:
+            data = self.data
         n = len(data)
         if n > len(buf):
             raise ValueError(f"ZBlk0 {self._p_oid!r}: {n} bytes of data do not "
                              f"fit a block of {len(buf)} bytes")
-        buf[:n] = data
+        _copy(buf, 0, data)
         _zero(buf, n, len(buf))
 
     def blkdeps(self, deps: list[Persistent]) -> None:
@@ -141,20 +161,33 @@ class ZBlk1(Persistent):
         self.chunktab = state
 
     def loadblkdata(self, buf: memoryview, deps: list[Persistent]) -> None:
-        """Fill `buf` with the block; append the objects read to `deps`."""
+        """Fill `buf` with the block; append the objects read to `deps`.
+
+        The chunks are read as :meth:`ZBlk0.loadblkdata` reads a block, and
+        all of them are asked for first (one record each: over a network,
+        one round trip each if asked for one by one).
+        """
         deps.append(self)
         deps.extend(_btree.nodes(self.chunktab))
-        _zero(buf, 0, len(buf))
-        for off, zdata in self.chunktab.items():
-            data = zdata.data
+        chunks = list(self.chunktab.items())
+        _records.prefetch([zdata for _, zdata in chunks])
+        filled = 0      # buf[:filled] is written
+        for off, zdata in chunks:
             deps.append(zdata)
-            if off < 0 or off + len(data) > len(buf):
+            data = _records.bytes_state_of(zdata)
+            if data is None:
+                data = zdata.data
+            if off < filled or off + len(data) > len(buf):
                 raise ValueError(f"ZBlk1 {self._p_oid!r}: chunk at {off} of "
                                  f"{len(data)} bytes is outside a block of "
                                  f"{len(buf)} bytes")
-            buf[off:off + len(data)] = data
+            if off > filled:
+                _zero(buf, filled, off)
+            _copy(buf, off, data)
+            filled = off + len(data)
             # Chunk data is a copy of what is now in the page.
             zdata._p_deactivate()
+        _zero(buf, filled, len(buf))
 
     def blkdeps(self, deps: list[Persistent]) -> None:
         """Append the objects the block's content is read from to `deps`."""
@@ -285,7 +318,9 @@ class ZBigFile(Persistent):
         if zblk is None:
             _zero(buf, 0, len(buf))
         else:
-            zblk.loadblkdata(buf, deps)
+            # Through the class: looking a method up on a ghost would load
+            # it (the whole block), where its record can be read instead.
+            type(zblk).loadblkdata(zblk, buf, deps)
             # The page now holds this data: do not keep a second copy in
             # the ZODB cache.
             zblk._p_deactivate()
