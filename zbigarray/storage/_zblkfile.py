@@ -36,6 +36,7 @@ from zbigarray.bigfile import BigFile
 from zbigarray.storage import _btree
 from zbigarray.storage._connlock import object_lock
 from zbigarray.storage._invalidation import BlkDeps
+from zbigarray.storage._readahead import Readahead
 from zbigarray.storage._reconnect import retry_while_disconnected
 from zbigarray.storage._uncommitted import Uncommitted
 from zbigarray.storage.file_zodb import ZBLK1_CHUNKSIZE, ZBigFile, ZBlk1
@@ -74,6 +75,8 @@ class ZBlkBigFile(BigFile):
         # While a spill runs: the block objects it stored.
         self._spilled: list[Persistent] | None = None
         self.dm: FileHDataManager | None = None
+        # The sequential run of loads; used under the connection's lock.
+        self._readahead = Readahead(zfile.blksize)
         # Records beyond this are pruned (see _prune); set by fileh_open.
         self.max_deps = 1 << 62
         # The records are also changed without the connection's lock (page
@@ -85,8 +88,16 @@ class ZBlkBigFile(BigFile):
         return f"{doing} block {blk} of ZBigFile {self.zfile._p_oid!r}"
 
     def _read(self, blk: int, buf: memoryview) -> tuple[Any, list[Persistent], list[Persistent]]:
+        """Load block `blk` into `buf`; the connection's lock is held.
+
+        When the loads walk the file forward, the next blocks are asked for
+        first (see :mod:`zbigarray.storage._readahead`).
+        """
         path: list[Persistent] = []
         data: list[Persistent] = []
+        fileh = None if self.dm is None else self.dm.fileh
+        if fileh is not None and not fileh.closed:
+            self._readahead.loading(self.zfile, blk, fileh.ram.capacity)
         zblk = self.zfile.loadblkdata(blk, buf, path, data)
         return zblk, path, data
 
