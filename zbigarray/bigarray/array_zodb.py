@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from functools import cache
 from typing import Any
 
 from persistent import GHOST, Persistent
 from ZODB.POSException import ConnectionStateError
 
+from zbigarray.bigarray._attrs import Attrs
 from zbigarray.bigarray._bigarray import BigArray, ShapeLike
 from zbigarray.bigfile import BigFileH
 from zbigarray.storage._connlock import object_lock
@@ -32,12 +34,25 @@ class ZBigArray(BigArray, Persistent):
         Bytes per block of its :class:`~zbigarray.storage.file_zodb.ZBigFile`:
         the unit of loading, of RAM use and (with ZBlk0) of storage writes.
 
+    Raises
+    ------
+    AttributeError
+        Setting an attribute the class does not know (``A.units = "m"``):
+        it would not be stored.  Metadata goes into :attr:`attrs`.  Known
+        are the array's own state, ZODB's ``_p_`` and volatile ``_v_``
+        attributes, and what a subclass declares: a class attribute
+        (property, slot, default value) or a class-level annotation.  A
+        subclass's declared attributes set on an instance are stored with
+        the array.
+
     Notes
     -----
     Persistent state: a dict ``{'shape', 'dtype', 'order', 'zfile'}`` (the
-    header and the :class:`ZBigFile` holding the bytes).  ``resize`` and
-    ``append`` change the header and mark the object changed; writes to the
-    elements change block objects of ``zfile`` at commit.
+    header and the :class:`ZBigFile` holding the bytes), and ``'attrs'``
+    when :attr:`attrs` is not empty (arrays written before attrs existed
+    read as empty).  ``resize`` and ``append`` change the header and mark
+    the object changed; writes to the elements change block objects of
+    ``zfile`` at commit.
 
     The data is usable at once, before the array is added to a connection:
     ``root['A'] = A = ZBigArray(...); A[:] = 1; transaction.commit()``.  Until
@@ -67,6 +82,11 @@ class ZBigArray(BigArray, Persistent):
     # object's speed.
     __getattribute__ = object.__getattribute__
 
+    zfile: ZBigFile
+    _attrs: dict[str, Any]
+    """The values of :attr:`attrs`: replaced, never changed in place, so
+    that each change is an assignment ZODB sees."""
+
     def __getattr__(self, name: str) -> Any:
         """Load the state of a ghost, under its connection's lock.
 
@@ -85,16 +105,64 @@ class ZBigArray(BigArray, Persistent):
                  blksize: int = 2 * 1024 * 1024) -> None:
         self._init_header(shape, dtype, order)
         self.zfile = ZBigFile(blksize)
+        self._attrs = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"shape": self._shape, "dtype": self._dtype, "order": self._order,
-                "zfile": self.zfile}
+        state = {"shape": self._shape, "dtype": self._dtype, "order": self._order,
+                 "zfile": self.zfile}
+        if self._attrs:
+            # Only when set: the state of an array without metadata stays
+            # what every earlier version wrote and reads.
+            state["attrs"] = self._attrs
+        # What a subclass declared and set (see __setattr__), under its name.
+        state.update(self._declared_state())
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._shape = tuple(state["shape"])
         self._dtype = state["dtype"]
         self._order = state["order"]
         self.zfile = state["zfile"]
+        self._attrs = state.get("attrs") or {}
+        # A subclass's attributes, set directly: loading must not depend on
+        # the class still declaring them.
+        self.__dict__.update((k, v) for k, v in state.items() if k not in _STATE_KEYS)
+
+    def _declared_state(self) -> dict[str, Any]:
+        """Instance attributes beyond the array's own state: those a
+        subclass declared and set."""
+        return {k: v for k, v in self.__dict__.items()
+                if k not in _OWN_ATTRIBUTES and not k.startswith(("_v_", "_p_"))}
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Persistent stores what __getstate__ returns: an attribute it does
+        # not know would be accepted, committed and gone after reopening.
+        # Refuse it here, by name only (no load of a ghost).
+        if not (name.startswith(("_v_", "_p_")) or name in _declared(type(self))):
+            raise AttributeError(
+                f"{type(self).__name__} has no attribute {name!r}, and one set would not be "
+                f"stored: put metadata in .attrs (A.attrs[{name!r}] = ...), or declare it "
+                f"in a subclass")
+        Persistent.__setattr__(self, name, value)
+
+    @property
+    def attrs(self) -> Attrs:
+        """Metadata stored with the array: a mutable mapping of str keys to
+        JSON-compatible values (like h5py's and zarr's ``attrs``).
+
+        Changes are part of the transaction (commit saves them, abort undoes
+        them); other processes see them after their next transaction
+        boundary.  See :class:`zbigarray.bigarray._attrs.Attrs`.
+        """
+        return Attrs(self)
+
+    def _get_attrs(self) -> dict[str, Any]:
+        with object_lock(self):         # loads a ghost, as __getattr__
+            return self._attrs
+
+    def _set_attrs(self, attrs: dict[str, Any]) -> None:
+        with object_lock(self):
+            self._attrs = attrs         # Persistent marks the array changed
 
     @property
     def _fileh(self) -> BigFileH:
@@ -184,3 +252,19 @@ def _read_only_message(A: Any) -> str:
 def _open_snapshot(ref: SnapshotRef) -> ZBigArray:
     """Unpickling a ZBigArray: the array at `ref`'s snapshot."""
     return ref.open()
+
+
+_STATE_KEYS = frozenset({"shape", "dtype", "order", "zfile", "attrs"})
+"""Keys of a ZBigArray's persistent state; others are a subclass's attributes."""
+
+_OWN_ATTRIBUTES = frozenset({"_shape", "_dtype", "_order", "zfile", "_attrs"})
+"""Instance attributes holding that state."""
+
+
+@cache
+def _declared(cls: type) -> frozenset[str]:
+    """Attribute names instances of `cls` may set: annotated in a class of
+    its MRO, or present on the class (methods, properties, slots, values)."""
+    names = {name for klass in cls.__mro__ for name in vars(klass).get("__annotations__", {})}
+    names.update(dir(cls))
+    return frozenset(names)

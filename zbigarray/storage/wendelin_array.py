@@ -25,12 +25,18 @@ class ZBigArray(WendelinStandIn, array_zodb.ZBigArray,
     '_stridev'}, {'zfile': ZBigFile})``.  Read also without ``_order``
     (early versions: C order) or ``_stridev``; written always with both,
     ``_stridev`` computed from the header as wendelin.core does.
+    ``attrs`` (a plain dict) is in the first dict only once set: wendelin.core
+    keeps it as an ordinary attribute, and writes it back unchanged.
     """
 
     def __getstate__(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        return ({"_shape": self._shape, "_dtype": self._dtype, "_order": self._order,
-                 "_stridev": wendelin_strides(self._shape, self._dtype.itemsize, self._order)},
-                {"zfile": self.zfile})
+        header = {"_shape": self._shape, "_dtype": self._dtype, "_order": self._order,
+                  "_stridev": wendelin_strides(self._shape, self._dtype.itemsize, self._order)}
+        if self._attrs:
+            header["attrs"] = self._attrs
+        return header, {"zfile": self.zfile}
 
     def __setstate__(self, state: Any) -> None:
         self._shape, self._dtype, self._order, self.zfile = wendelin_header(state)
+        header = state[0] if isinstance(state, tuple) else state
+        self._attrs = (header or {}).get("attrs") or {}

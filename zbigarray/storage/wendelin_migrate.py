@@ -447,7 +447,10 @@ def _zbigarray_state(state: bytes, oid: bytes) -> bytes:
         raise ValueError(f"oid {u64(oid)}: a ZBigArray header holding {module}.{name}")
 
     unpickler = PersistentUnpickler(find_global, _Ref, io.BytesIO(state))
-    shape, dtype, order, zfile = wendelin_header(unpickler.load())
+    old = unpickler.load()
+    shape, dtype, order, zfile = wendelin_header(old)
+    # Metadata zbigarray stored in wendelin.core's layout (ZBigArray.attrs).
+    attrs = ((old[0] if isinstance(old, tuple) else old) or {}).get("attrs")
     if not isinstance(zfile, _Ref) or not isinstance(dtype, np.dtype):
         raise ValueError(f"oid {u64(oid)}: a ZBigArray header of unexpected types")
 
@@ -460,6 +463,9 @@ def _zbigarray_state(state: bytes, oid: bytes) -> bytes:
 
     out = io.BytesIO()
     pickler = PersistentPickler(persistent_id, out, _protocol)
-    pickler.dump({"shape": shape, "dtype": dtype, "order": order, "zfile": zfile})
+    header = {"shape": shape, "dtype": dtype, "order": order, "zfile": zfile}
+    if attrs:
+        header["attrs"] = attrs
+    pickler.dump(header)
     return out.getvalue()
 
