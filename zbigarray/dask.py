@@ -167,7 +167,7 @@ def store(x: da.Array, A: Any, region: tuple[slice, ...] | None = None,
         from distributed import as_completed
 
         pending = deque(range(len(blocks)))
-        futures = {}
+        futures: dict[Any, int] = {}     # future -> block index
         while pending and len(futures) < in_flight:
             k = pending.popleft()
             futures[client.compute(delayed[k])] = k

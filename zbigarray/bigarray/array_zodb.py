@@ -138,7 +138,8 @@ class ZBigArray(BigArray, Persistent):
         # Persistent stores what __getstate__ returns: an attribute it does
         # not know would be accepted, committed and gone after reopening.
         # Refuse it here, by name only (no load of a ghost).
-        if not (name.startswith(("_v_", "_p_")) or name in _declared(type(self))):
+        # (mypy takes a class for its instances when checking Hashable.)
+        if not (name.startswith(("_v_", "_p_")) or name in _declared(type(self))):  # type: ignore[arg-type]
             raise AttributeError(
                 f"{type(self).__name__} has no attribute {name!r}, and one set would not be "
                 f"stored: put metadata in .attrs (A.attrs[{name!r}] = ...), or declare it "

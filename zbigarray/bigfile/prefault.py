@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +38,7 @@ def prefault(buf: object, *, write: bool = False) -> None:
     ValueError
         `write` on a read-only buffer.
     """
-    with memoryview(buf):       # TypeError for what is not a buffer
+    with memoryview(buf):       # type: ignore[arg-type]  # TypeError for what is not a buffer
         pass
     a = np.asarray(buf)
     if a.size == 0:
@@ -47,7 +48,8 @@ def prefault(buf: object, *, write: bool = False) -> None:
     low, high = _byte_bounds(a)
     page = mmap.PAGESIZE
     start = low - low % page
-    span = (ctypes.c_uint8 * (high - start)).from_address(start)
+    # Any: NumPy's stubs omit ctypes arrays from what frombuffer takes.
+    span: Any = (ctypes.c_uint8 * (high - start)).from_address(start)
     firsts = np.frombuffer(span, np.uint8)[::page]
     if write:
         # A copy first: assigning an array to itself is skipped by NumPy.

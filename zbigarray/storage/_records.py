@@ -58,7 +58,9 @@ def classmeta(cls: type) -> bytes:
         from ZODB.serialize import ObjectWriter
 
         record = ObjectWriter().serialize(cls(b""))
-        stop = next(pos for op, _, pos in pickletools.genops(record) if op.name == "STOP")
+        # genops gives None for pos only on streams without tell().
+        stop: int = next(pos for op, _, pos in pickletools.genops(record)  # type: ignore[assignment]
+                         if op.name == "STOP")
         meta = _classmeta[cls] = record[:stop + 1]
     return meta
 

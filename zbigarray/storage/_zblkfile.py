@@ -232,7 +232,8 @@ class ZBlkBigFile(BigFile):
         fileh = None if self.dm is None else self.dm.fileh
         if fileh is None or fileh.closed:
             return
-        self._spilled = spilled = []
+        spilled: list[Persistent] = []
+        self._spilled = spilled
         try:
             fileh.dirty_writeout_oldest(max(1, fileh.stats()["ndirty"] // 2))
         finally:

@@ -110,7 +110,7 @@ class ZBlk0(_BytesState):
         method looked up on a ghost loads it.
         """
         deps.append(self)
-        data = _records.bytes_state_of(self)
+        data: bytes | memoryview | None = _records.bytes_state_of(self)
         if data is None:
             data = self.data
         n = len(data)
@@ -273,7 +273,7 @@ class ZBigFile(Persistent):
     through this object (see ``docs/storage.md``).
     """
 
-    _zblk_classes: dict[type, type] = {ZBlk0: ZBlk0, ZBlk1: ZBlk1}
+    _zblk_classes: dict[type, type[ZBlk0] | type[ZBlk1]] = {ZBlk0: ZBlk0, ZBlk1: ZBlk1}
     """Writer's format -> class of new block objects (a subclass storing
     other class paths sets its own)."""
 

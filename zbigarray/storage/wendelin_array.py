@@ -29,7 +29,8 @@ class ZBigArray(WendelinStandIn, array_zodb.ZBigArray,
     keeps it as an ordinary attribute, and writes it back unchanged.
     """
 
-    def __getstate__(self) -> tuple[dict[str, Any], dict[str, Any]]:
+    # wendelin.core's layout is a (dict, slots) pair, not ZBigArray's dict.
+    def __getstate__(self) -> tuple[dict[str, Any], dict[str, Any]]:  # type: ignore[override]
         header = {"_shape": self._shape, "_dtype": self._dtype, "_order": self._order,
                   "_stridev": wendelin_strides(self._shape, self._dtype.itemsize, self._order)}
         if self._attrs:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import importlib
 import threading
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import ZODB
 from ZODB.broken import Broken
@@ -107,7 +107,7 @@ class ZBigFile(WendelinStandIn, file_zodb.ZBigFile,
     _zblk_classes = {file_zodb.ZBlk0: ZBlk0, file_zodb.ZBlk1: ZBlk1}
 
 
-def wendelin_header(state: Any) -> tuple[tuple[int, ...], Any, str, Any]:
+def wendelin_header(state: Any) -> tuple[tuple[int, ...], Any, Literal["C", "F"], Any]:
     """``(shape, dtype, order, zfile)`` from the state of a wendelin.core
     ZBigArray.
 

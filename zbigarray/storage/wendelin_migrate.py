@@ -308,6 +308,8 @@ def _scan(data: bytes, start: int, oid: bytes,
 
     f = io.BytesIO(data)
     f.seek(start)
+    arg: Any
+    pos: Any        # an int: genops gives None only for a stream without tell()
     for op, arg, pos in pickletools.genops(f):
         end = f.tell()
         name = op.name
