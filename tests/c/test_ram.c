@@ -484,9 +484,9 @@ TEST(ram_map_errors_are_negative_errno)
     CHECK_ERR(ram__map_slot(ram, 0, 0, PROT_READ, 0, &p), -EINVAL);
     CHECK_ERR(ram__map_slot(ram, 1, ps, PROT_READ, 0, &p), -EINVAL);
     CHECK(p == NULL);
-    CHECK_ERR(ram__map_slot_at(ram, (char *)NULL + 1, 0, ps, PROT_READ, 0),
+    CHECK_ERR(ram__map_slot_at(ram, (void *)(uintptr_t)1, 0, ps, PROT_READ, 0),
               -EINVAL);
-    CHECK_ERR(virt__reserve_at((char *)NULL + 1, ps), -EINVAL);
+    CHECK_ERR(virt__reserve_at((void *)(uintptr_t)1, ps), -EINVAL);
     CHECK_ERR(virt__reserve_at(NULL, 0), -EINVAL);
     ram_decref(ram);
 }
