@@ -12,7 +12,7 @@ from zbigarray.storage.snapshot import remember_uri
 from zbigarray.storage.wendelin_compat import WendelinCompatDB
 
 
-def open_db(uri: str, **dbkw: Any) -> WendelinCompatDB:
+def open_db(uri: str | os.PathLike[str], **dbkw: Any) -> WendelinCompatDB:
     """Open a ZODB database.
 
     Databases written by wendelin.core open as they are: their arrays are
@@ -22,8 +22,9 @@ def open_db(uri: str, **dbkw: Any) -> WendelinCompatDB:
     Parameters
     ----------
     uri
-        A path to a FileStorage file (created if missing, with its
-        directory; the embedded default), or a zodburi URI: ``file:///path/Data.fs``, ``memory://``,
+        A path to a FileStorage file, as a str or a ``pathlib.Path``
+        (created if missing, with its directory; the embedded default),
+        or a zodburi URI: ``file:///path/Data.fs``, ``memory://``,
         ``zeo://host:port`` (or ``zeo:///path/to/socket``), and the schemes
         of other installed storages (RelStorage's ``postgres://``, ...).
         URI query parameters are those of zodburi, e.g.
@@ -39,13 +40,16 @@ def open_db(uri: str, **dbkw: Any) -> WendelinCompatDB:
     Raises
     ------
     TypeError
-        `uri` is not a string.
+        `uri` is neither a string nor a path.
     ValueError
         `uri` is empty, has a scheme no installed storage handles, or does
         not parse.
     """
+    if isinstance(uri, os.PathLike):
+        # A path: pathlib folds "//", so it never reads as a URI below.
+        uri = os.fspath(uri)
     if not isinstance(uri, str):
-        raise TypeError(f"open_db: uri must be a str, not {type(uri).__name__}")
+        raise TypeError(f"open_db: uri must be a str or a path, not {type(uri).__name__}")
     if not uri:
         raise ValueError("open_db: empty uri")
     if "://" not in uri:
