@@ -33,10 +33,10 @@ USAGE = ROOT / "docs" / "usage.md"
 
 
 @pytest.mark.subprocess
-@pytest.mark.parametrize("n", range(6))
+@pytest.mark.parametrize("n", range(9))
 def test_usage_guide_python_examples_run(tmp_path: Path, n: int) -> None:
     blocks = re.findall(r"```python\n(.*?)```", USAGE.read_text(), re.S)
-    assert len(blocks) == 6, "docs/usage.md's python examples changed: update this test"
+    assert len(blocks) == 9, "docs/usage.md's python examples changed: update this test"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     (tmp_path / "data").mkdir()
