@@ -9,7 +9,7 @@ streaming copy must not grow with the file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.lib import format as npformat
@@ -23,8 +23,7 @@ class Writer:
 
     def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype, order: str,
                  dataset: str) -> None:
-        self.order = order
-        self.shape = shape
+        self.order: Literal["C", "F"] = "F" if order == "F" else "C"
         self.f = open(path, "xb")
         header = {"descr": npformat.dtype_to_descr(dtype), "fortran_order": order == "F",
                   "shape": shape}
@@ -61,13 +60,13 @@ class Reader:
         except ValueError as e:
             self.f.close()
             raise CliError(f"{path}: not a .npy file: {e}") from None
-        self.order = "F" if fortran else "C"
+        self.order: Literal["C", "F"] = "F" if fortran else "C"
         self.path = path
 
     def read(self, index: Index) -> np.ndarray:
         shape = piece_shape(self.shape, index)
-        raw = np.empty(int(np.prod(shape)) * self.dtype.itemsize, np.uint8)
-        if self.f.readinto(raw) != raw.size:
+        raw = bytearray(int(np.prod(shape)) * self.dtype.itemsize)
+        if self.f.readinto(raw) != len(raw):
             raise CliError(f"{self.path}: the file ends early (truncated?)")
         return np.frombuffer(raw, self.dtype).reshape(shape, order=self.order)
 
