@@ -9,6 +9,20 @@ the core; see the cimport order in zbigarray/bigfile/_bigfile.pxd.
 Cython's generated C is compiled with the default flags: it does not build
 warning-free under -Wextra -Werror.
 
+Two kinds of build (README, "Building and releasing"):
+
+- the project's own (CI, developers), with ZBIGARRAY_DEVELOP=1 in the
+  environment: the core's warnings are errors, and debug information is kept
+  for gdb and the sanitizers;
+- everyone else's (a wheel, `pip install` from an sdist or a git URL): no
+  -Werror, since a compiler we have never tried may warn where ours does not,
+  and that must not stop an install; no debug information (-g0, and the linker
+  drops any that static objects bring), which is most of an unstripped
+  extension's size.
+
+An environment variable, not a guess from a .git directory: `pip install
+git+URL` builds a user's clone of the repository too.
+
 Metadata and package data are in pyproject.toml.
 """
 
@@ -23,7 +37,13 @@ from setuptools.command.build_ext import build_ext
 BIGFILE = os.path.join("zbigarray", "bigfile")
 CORE_DIR = os.path.join(BIGFILE, "virtmem")
 CORE_LIB = "zbigvirtmem"
-CORE_CFLAGS = ["-Wall", "-Wextra", "-Werror", "-std=gnu11"]
+DEVELOP = os.environ.get("ZBIGARRAY_DEVELOP", "") not in ("", "0")
+# Appended after Python's own flags (which carry -g), so -g0 wins.  The
+# symbol table stays (--strip-debug, not -s): function names in a user's
+# backtrace or core dump are worth its ~80 KB.
+NODEBUG_CFLAGS = [] if DEVELOP else ["-g0"]
+NODEBUG_LDFLAGS = [] if DEVELOP else ["-Wl,--strip-debug"]
+CORE_CFLAGS = ["-Wall", "-Wextra", "-std=gnu11"] + (["-Werror"] if DEVELOP else NODEBUG_CFLAGS)
 
 
 CORE_SOURCES = sorted(glob.glob(os.path.join(CORE_DIR, "*.c")))
@@ -71,6 +91,8 @@ def extension(name: str, *, core: bool) -> Extension:
         sources=[os.path.join(BIGFILE, f"{name}.pyx")],
         include_dirs=[CORE_DIR],
         depends=CORE_HEADERS,
+        extra_compile_args=NODEBUG_CFLAGS,
+        extra_link_args=NODEBUG_LDFLAGS,
         # The static core first, then what it needs.
         libraries=[CORE_LIB, "pthread"] if core else [],
     )

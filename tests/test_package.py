@@ -1,11 +1,16 @@
-"""The package's public face: the names API.md promises, and lazy imports."""
+"""The package's public face: the names API.md promises, lazy imports, and
+what the distribution says about itself (version, typing, license)."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 import pytest
+from packaging.version import Version
 
 import zbigarray
 
@@ -53,3 +58,27 @@ def test_importing_the_core_does_not_import_zodb() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True).stdout
     assert out.strip() == "[]"
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_version_is_written_once_and_is_the_installed_one() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "version" not in project and "version" in project["dynamic"]
+    assert str(Version(zbigarray.__version__)) == zbigarray.__version__    # PEP 440, normalized
+    assert importlib.metadata.version("zbigarray") == zbigarray.__version__
+
+
+def test_the_whole_package_is_marked_typed() -> None:
+    # PEP 561: one py.typed at the top covers every subpackage.
+    package = Path(zbigarray.__file__).parent
+    assert (package / "py.typed").is_file()
+    assert sorted(p.relative_to(package).as_posix() for p in package.rglob("py.typed")) == ["py.typed"]
+
+
+def test_license_is_an_spdx_expression_with_its_file() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT"
+    assert all((ROOT / f).is_file() for f in project["license-files"])
+    assert "MIT License" in (ROOT / "LICENSE").read_text()

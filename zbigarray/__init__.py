@@ -17,9 +17,22 @@ does not pull in ZODB.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0.dev0"
+"""The package's version: the one place it is written (pyproject.toml reads
+it from here; PEP 440)."""
 
 __all__ = ["BigArray", "RAMArray", "ZBigArray", "ZBigFile", "open_db"]
+
+if TYPE_CHECKING:
+    # What the lazy __getattr__ below returns, spelled out for type checkers:
+    # without it `from zbigarray import ZBigArray` is an error under mypy.
+    from zbigarray.bigarray import BigArray
+    from zbigarray.bigarray.array_ram import RAMArray
+    from zbigarray.bigarray.array_zodb import ZBigArray
+    from zbigarray.storage.db import open_db
+    from zbigarray.storage.file_zodb import ZBigFile
 
 _WHERE = {
     "BigArray": "zbigarray.bigarray",
