@@ -179,10 +179,12 @@ def write_then_read(uri: str, nbytes: int, end: str, old: bool = False,
         f"transaction ({w['hwm_writes'] / MiB:.0f} MiB by the end of the writes)"
 
 
+@pytest.mark.slow
 def test_filestorage_commit_1g(tmp_path: Path) -> None:
     write_then_read(str(tmp_path / "data.fs"), GiB, "commit")
 
 
+@pytest.mark.slow
 def test_filestorage_abort_1g(tmp_path: Path) -> None:
     write_then_read(str(tmp_path / "data.fs"), GiB, "abort", old=True)
 
@@ -191,11 +193,13 @@ def test_filestorage_zblk1(tmp_path: Path) -> None:
     write_then_read(str(tmp_path / "data.fs"), 256 * MiB, "commit", fmt="ZBlk1")
 
 
+@pytest.mark.slow
 @pytest.mark.zeo
 def test_zeo_commit_1g(zeo_server: str) -> None:
     write_then_read(f"zeo://{zeo_server}", GiB, "commit")
 
 
+@pytest.mark.slow
 @pytest.mark.relstorage
 def test_relstorage_commit_1g(postgres_server: str) -> None:
     write_then_read(empty_relstorage(postgres_server), GiB, "commit")

@@ -262,6 +262,7 @@ def scans_through_restarts(tmpdir: str, trials: int) -> None:
         stop_zeo(server)        # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 @pytest.mark.zeo
 @pytest.mark.subprocess
 def test_scans_ride_through_server_restarts() -> None:

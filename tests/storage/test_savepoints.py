@@ -262,6 +262,7 @@ def _run_machine() -> None:
     assert _STATS["savepoints_with_spilled"] > 0, _STATS
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_savepoint_state_machine() -> None:
     _in_child("_run_machine")
