@@ -180,3 +180,26 @@ def run_in_child(func: Callable[..., None], *args: Any, timeout: float = 60) -> 
     r = run_python(code, timeout=timeout)
     assert r.returncode == 0, f"{func.__name__}{args!r} failed " \
         f"(returncode {r.returncode}):\n{r.stderr}"
+
+
+def run_on_terminal(args: list[str], timeout: float = 120) -> tuple[int, bytes]:
+    """Run `args` (from the repo root) with stderr on a pseudo-terminal, as
+    a user at a terminal would see it; return its exit status and what it
+    wrote there (the terminal turns each newline into ``\\r\\n``)."""
+    master, slave = os.openpty()
+    try:
+        r = subprocess.run(args, cwd=REPO, stdout=subprocess.PIPE, stderr=slave,
+                           timeout=timeout)
+        os.close(slave)
+        tty = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:         # EIO: the child's end is closed
+                break
+            if not chunk:
+                break
+            tty += chunk
+    finally:
+        os.close(master)
+    return r.returncode, tty

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.cli.conftest import A_DATA, assert_one_line_error, zb
-from tests.common import REPO
+from tests.common import REPO, run_on_terminal
 from zbigarray import open_db
 
 
@@ -172,22 +172,7 @@ def test_memory_stays_bounded_for_an_array_bigger_than_it(tmp_path: Path) -> Non
 def test_progress_bar_only_on_a_terminal(sample_db: Path, tmp_path: Path) -> None:
     r = zb("export", sample_db, "a", tmp_path / "piped.npy")
     assert r.returncode == 0 and "\r" not in r.stderr and "[" not in r.stderr
-    master, slave = os.openpty()
-    try:
-        p = subprocess.run([sys.executable, "-m", "zbigarray", "export", str(sample_db),
-                            "grp/b", str(tmp_path / "tty.npy")], cwd=REPO,
-                           stdout=subprocess.PIPE, stderr=slave, timeout=120)
-        os.close(slave)
-        tty = b""
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:         # EIO: the child's end is closed
-                break
-            if not chunk:
-                break
-            tty += chunk
-    finally:
-        os.close(master)
-    assert p.returncode == 0
+    returncode, tty = run_on_terminal([sys.executable, "-m", "zbigarray", "export",
+                                       str(sample_db), "grp/b", str(tmp_path / "tty.npy")])
+    assert returncode == 0
     assert "exporting [" + "#" * 30 + "] 100%" in tty.decode(), tty

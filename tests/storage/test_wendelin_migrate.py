@@ -20,7 +20,7 @@ from ZODB.FileStorage import FileStorage
 from ZODB.serialize import referencesf
 from ZODB.utils import z64
 
-from tests.common import REPO
+from tests.common import REPO, run_on_terminal
 from tests.storage import wendelin_fake
 from tests.storage.conftest import start_zeo, stop_zeo
 from tests.storage.test_wendelin_compat import (  # noqa: F401  (fixtures)
@@ -201,24 +201,9 @@ def test_interrupted_migration_leaves_database_unchanged(
 def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     name = "wc013-dev-zblk1.fs"
     path = gunzip_fixture(name, tmp_path / name)
-    master, slave = os.openpty()
-    try:
-        r = subprocess.run([sys.executable, "-m", "zbigarray", "migrate", "--dry-run",
-                            str(path)], cwd=REPO, stdout=subprocess.PIPE, stderr=slave,
-                           text=True, timeout=120)
-        os.close(slave)
-        tty = b""
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:         # EIO: the child's end is closed
-                break
-            if not chunk:
-                break
-            tty += chunk
-    finally:
-        os.close(master)
-    assert r.returncode == 0
+    returncode, tty = run_on_terminal(
+        [sys.executable, "-m", "zbigarray", "migrate", "--dry-run", str(path)])
+    assert returncode == 0
     # The terminal turns the final newline into "\r\n".
     last = [line for line in tty.decode().split("\r") if line.strip()][-1]
     assert "[" + "#" * 30 + "]" in last and "870 of 870 objects" in last, tty
