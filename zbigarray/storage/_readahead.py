@@ -18,10 +18,13 @@ at two blocks and doubles while the run goes on, up to
 :data:`READAHEAD_BYTES`; more is asked only when half the window was used,
 so requests go out in batches.
 
-Measured (``benchmarks/RESULTS.md``): ZEO's prefetch, i.e. many requests in
-flight on the client's one connection, against a thread loading ahead
-(which serializes with the connection's other loads on its lock, and for
-FileStorage only moves the same read to another core).
+Why ``Connection.prefetch`` rather than a thread loading ahead: measured
+through a ZEO server on the same machine (``docs/storage.md``), both gain
+about the same over no readahead, and a thread costs one per handle, a lock
+hand-off per block (it must hold the connection's lock: RelStorage's
+instance and ZODB's TmpStore are not thread-safe), and for FileStorage only
+moves the same read to another core.  ``prefetch`` is each storage's own
+way of asking ahead.
 
 What it costs and what it does not:
 
