@@ -55,6 +55,10 @@ def check_wheel(path: str) -> list[str]:
         names = whl.namelist()
         problems += [f"wheel lacks {n}" for n in WHEEL_NEEDS if n not in names]
         problems += [f"wheel carries source {n}" for n in names if n.endswith(WHEEL_NEVER)]
+        # Every module of the checkout: a subpackage the build does not find
+        # would be missing only from installs, never from the tests' tree.
+        modules = sorted(glob.glob("zbigarray/**/*.py", recursive=True))
+        problems += [f"wheel lacks module {m}" for m in modules if m not in names]
         if not any(n.endswith(".dist-info/licenses/LICENSE") for n in names):
             problems.append("wheel lacks its LICENSE")
         meta = whl.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
