@@ -1,7 +1,8 @@
-"""Readahead: a scan that walks a file forward asks the storage for the next
-blocks' records before it loads them (``Connection.prefetch``); random
-access asks for nothing; the RAM capacity and the thread-safety rules hold
-with it on, over a real ZEO server and RelStorage too."""
+"""Readahead: a scan that walks a file forward asks a storage that prefetches
+asynchronously (ZEO) for the next blocks' records before it loads them
+(``Connection.prefetch``); random access asks for nothing; the RAM capacity
+and the thread-safety rules hold with it on, over a real ZEO server; scans
+through RelStorage (no block readahead) keep their snapshot too."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from tests.common import run_in_child
 from tests.storage.conftest import BLKSIZE, empty_relstorage, start_zeo, stop_zeo
 from zbigarray.bigarray.array_zodb import ZBigArray
 from zbigarray.bigfile import RAM
-from zbigarray.storage import open_db
+from zbigarray.storage import _readahead, open_db
 from zbigarray.storage._readahead import RAM_SHARE
 from zbigarray.storage.file_zodb import ZBigFile
 
@@ -50,9 +51,11 @@ class _Recording:
 
 
 @pytest.fixture
-def recorded(zblk_fmt: str) -> Any:
+def recorded(zblk_fmt: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     """A database over a :class:`_Recording` storage holding a ZBigFile of
-    `NBLK` non-zero blocks, and the oids of its block objects."""
+    `NBLK` non-zero blocks, and the oids of its block objects.  Readahead
+    counts the storage as one that prefetches asynchronously, like ZEO."""
+    monkeypatch.setattr(_readahead, "ASYNC_PREFETCH", (_Recording,))
     storage = _Recording()
     db = ZODB.DB(storage)
     conn = db.open()
@@ -138,6 +141,17 @@ def test_a_zblk1_block_asks_for_all_its_chunks_first(recorded: Any, zblk_fmt: st
         assert storage.log.index(("ask", oid)) < storage.log.index(("load", oid))
 
 
+def test_storages_that_prefetch_in_the_caller_are_not_asked_ahead(
+        recorded: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RelStorage's prefetch loads in the calling thread into a cache that
+    keeps no big record: asking ahead for blocks would load them twice."""
+    db, storage, oids = recorded
+    monkeypatch.setattr(_readahead, "ASYNC_PREFETCH", ())
+    storage.log.clear()
+    _touch(db, list(range(NBLK)))
+    assert not set(storage.asked()) & set(oids)
+
+
 def test_no_readahead_in_savepoint_storage_and_back_after(recorded: Any) -> None:
     """After a savepoint the connection reads through ZODB's TmpStore, which
     cannot prefetch (and ``Connection.prefetch`` would turn itself off for
@@ -218,8 +232,8 @@ def test_zeo_scan_reads_its_snapshot_with_readahead(zeo_server: str, zblk_fmt: s
 
 
 @pytest.mark.relstorage
-def test_relstorage_scan_reads_its_snapshot_with_readahead(postgres_server: str,
-                                                           zblk_fmt: str) -> None:
+def test_relstorage_scan_reads_its_snapshot(postgres_server: str, zblk_fmt: str) -> None:
+    """No readahead of blocks here, but ZBlk1's chunks are prefetched."""
     uri = empty_relstorage(postgres_server)
     _scan_snapshot(uri, _fill(uri, 64 * PER))
 
