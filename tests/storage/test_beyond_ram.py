@@ -189,6 +189,7 @@ def test_filestorage_abort_1g(tmp_path: Path) -> None:
     write_then_read(str(tmp_path / "data.fs"), GiB, "abort", old=True)
 
 
+@pytest.mark.slow
 def test_filestorage_zblk1(tmp_path: Path) -> None:
     write_then_read(str(tmp_path / "data.fs"), 256 * MiB, "commit", fmt="ZBlk1")
 
@@ -226,6 +227,7 @@ DASK = PRELUDE + textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lock", [True, False], ids=["lock", "nolock"])
 def test_dask_store(tmp_path: Path, lock: bool) -> None:
     """dask's threads write the array at once (one at a time with its
