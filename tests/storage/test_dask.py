@@ -120,6 +120,21 @@ def test_threads_opening_one_snapshot_at_once_share_the_array(tmp_path: Path) ->
     db.close()
 
 
+def test_database_closed_and_opened_again_serves_the_same_snapshot(tmp_path: Path) -> None:
+    # The process's cache must not hand out a connection of a closed database.
+    uri = str(tmp_path / "a.fs")
+    db = open_db(uri)
+    A = _fresh(db, "A", np.arange(1000, dtype=np.float64))
+    x = A.to_dask(chunks=250)
+    assert x.sum().compute(scheduler="sync") == 499500
+    db.close()
+    db = open_db(uri)
+    A = db.open().root()["A"]
+    y = A.to_dask(chunks=250)           # the same snapshot: nothing committed since
+    assert y.sum().compute(scheduler="sync") == 499500
+    db.close()
+
+
 def test_graph_of_a_1gib_array_pickles_small(tmp_path: Path) -> None:
     db = open_db(str(tmp_path / "a.fs"))
     tm = transaction.TransactionManager()

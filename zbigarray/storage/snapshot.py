@@ -167,9 +167,13 @@ def _connection(uri: str, before: bytes) -> Connection:
     key = (uri, before)
     conn = _connections.get(key)
     if conn is not None:
-        _connections.move_to_end(key)
-        return conn
-    db = _dbs_here.get(uri) or _dbs.get(uri)
+        if conn.opened is not None:
+            _connections.move_to_end(key)
+            return conn
+        del _connections[key]       # its database was closed (by its owner)
+    db = _dbs_here.get(uri)
+    if db is None or not _is_open(db):
+        db = _dbs.get(uri)
     if db is not None and u64(db.storage.lastTransaction()) < u64(before) - 1:
         # A read-only FileStorage opened before the snapshot was taken.
         if db is _dbs.get(uri):
@@ -183,6 +187,12 @@ def _connection(uri: str, before: bytes) -> Connection:
         _, old = _connections.popitem(last=False)
         old.close()
     return conn
+
+
+def _is_open(db: ZODB.DB) -> bool:
+    """Whether `db` can still open connections: ``DB.close()`` drops its
+    MVCC storage."""
+    return getattr(db, "_mvcc_storage", None) is not None
 
 
 def _forget_database(uri: str) -> None:
