@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
                             rows.setdefault(f"dask, {label}, {phase}", []).append(t)
                     continue
                 with LocalCluster(n_workers=nworkers, threads_per_worker=1,
-                                  host="127.0.0.1", dashboard_address=None) as cluster, \
+                                  host="127.0.0.1", dashboard_address=":0") as cluster, \
                         Client(cluster) as client:
                     x = A.to_dask()
                     for phase in ("cold", "warm"):

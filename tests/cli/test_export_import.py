@@ -161,9 +161,12 @@ def test_memory_stays_bounded_for_an_array_bigger_than_it(tmp_path: Path) -> Non
     peak_import = _peak("import", db, "big", tmp_path / "in.npy")
     peak_export = _peak("export", db, "big", tmp_path / "out.npy")
     assert _sha(tmp_path / "out.npy") == _sha(tmp_path / "in.npy")
-    # The page RAM (64 MiB by default here) and a few 8 MiB pieces; the
-    # array is 384 MiB.
-    limit = base + (160 << 20)
+    # The page RAM (64 MiB by default here), counted twice by the resident
+    # set (the RAM's own mapping and the array's, docs/bigarray.md), a few
+    # 8 MiB pieces and ZODB's buffers of the one transaction (ZODB 5.8, the
+    # lowest tested, keeps ~25 MiB more than 6.x): well under the array's
+    # 384 MiB, and measured not to grow with it (768 MiB: +12 MiB).
+    limit = base + (192 << 20)
     assert peak_import < limit, (peak_import >> 20, base >> 20)
     assert peak_export < limit, (peak_export >> 20, base >> 20)
 

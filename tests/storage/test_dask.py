@@ -53,11 +53,12 @@ def _overwrite(db: object, key: str, value: float) -> None:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[object]:
     """A LocalCluster of 2 worker processes (1 thread each) on 127.0.0.1, and
-    a client of it, for the module."""
+    a client of it, for the module.  Its dashboard on any free port: the
+    default one may be another suite's (and its warning is an error here)."""
     distributed = pytest.importorskip(
         "distributed", reason="dask.distributed is optional; the [test] extra installs it")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  host="127.0.0.1", dashboard_address=None,
+                                  host="127.0.0.1", dashboard_address=":0",
                                   worker_class=distributed.Nanny) as lc, \
             distributed.Client(lc, set_as_default=False) as client:
         yield client
