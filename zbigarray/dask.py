@@ -10,13 +10,24 @@ snapshot whatever other clients commit meanwhile, and the database is the
 only thing the workers share (ZEO, RelStorage, or a FileStorage on a
 filesystem they all see).
 
-Writing back is the client's: ``store(x, A)`` computes ``x``'s chunks
-wherever the current dask scheduler runs them and writes each into ``A`` in
-this process, under this thread's transaction, a bounded number at a time;
-the caller commits.  ``da.store(x, A)`` works with the schedulers that run in
-this process (threads, synchronous); with processes or a distributed cluster
-its tasks would write into a worker's read-only snapshot, which refuses
-with a ``TypeError`` naming ``store``.
+Writing back is the client's, and the commit the caller's, whichever of
+two ways writes:
+
+- ``store(x, A)`` computes ``x``'s chunks wherever the current dask
+  scheduler runs them and writes each into ``A`` in this process, under this
+  thread's transaction, a bounded number at a time.  Any scheduler.
+- ``dask.array.store(x, A)`` works with the schedulers that run in this
+  process (threads, synchronous), which write into ``A`` itself, and on a
+  ``dask.distributed`` cluster: ``A``, pickled into the graph while the
+  client is active, names a relay in this process, and each task's
+  ``A[index] = chunk`` on a worker is written here, under the transaction
+  of the thread that computes the graph, before the task ends (see
+  :mod:`zbigarray.storage._write_relay`).  The cluster holds about a chunk
+  per worker thread, this process one at a time.  With
+  ``scheduler="processes"`` (or ``multiprocessing``) nothing relays: the
+  tasks' writes reach a read-only snapshot, which refuses with a
+  ``TypeError`` naming ``store``.  ``return_stored=True`` on a cluster reads
+  back the snapshot, not the values just written.
 
 dask is an optional dependency: import this module only with it installed.
 """
@@ -136,6 +147,11 @@ def store(x: da.Array, A: Any, region: tuple[slice, ...] | None = None,
     arrive, at most `in_flight` chunks held at once (default: twice the
     number of chunks the scheduler computes at a time, at least 4).  The
     commit is the caller's.
+
+    Unlike ``dask.array.store``, which does the same on a distributed
+    cluster by relaying each task's write, this works with every scheduler
+    (processes too) and sends the chunks back as results: no relay thread,
+    no messages per chunk through the scheduler.
 
     Raises
     ------

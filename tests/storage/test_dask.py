@@ -1,8 +1,11 @@
-"""Dask over a shared database (zbigarray.dask, zbigarray.storage.snapshot):
-tasks carry a small reference, workers in other processes read the array at
-the snapshot the dask array was made at, whatever is committed meanwhile, and
-results are written back by the client.  A real ZEO server, a real
-PostgreSQL (RelStorage) and a dask.distributed LocalCluster of processes.
+"""Dask over a shared database (zbigarray.dask, zbigarray.storage.snapshot,
+zbigarray.storage._write_relay): tasks carry a small reference, workers in
+other processes read the array at the snapshot the dask array was made at,
+whatever is committed meanwhile, and results are written back by the client
+-- with zbigarray.dask.store, or with dask's own da.store, whose writes on
+the workers the client relays into its transaction.  A real ZEO server, a
+real PostgreSQL (RelStorage) and a dask.distributed LocalCluster of
+processes.
 """
 
 from __future__ import annotations
@@ -224,6 +227,12 @@ def _sum_and_isolation(client: object, uri: str, key: str) -> None:
     # A new dask array of the same array sees the other client's commit.
     A._p_jar.transaction_manager.begin()
     assert client.compute(A.to_dask(chunks=60_000).sum()).result() == -5.0 * n  # type: ignore
+    # dask's own store, into the array itself: written here, from the old
+    # snapshot, into this transaction.
+    with client.as_current():  # type: ignore[attr-defined]
+        da.store(x + 1, A)
+    assert np.array_equal(A[:], np.arange(n, dtype=np.float64) + 1)
+    A._p_jar.transaction_manager.abort()
     db.close()
 
 
@@ -254,10 +263,6 @@ def test_cluster_results_are_stored_by_the_client(zeo_server: str, cluster: obje
     assert isinstance(client, Client)
     with client.as_current():
         zdask.store(x, out, in_flight=3)
-        # da.store would run the writes on the workers, into read-only
-        # snapshots: refused, naming the way that works.
-        with pytest.raises(TypeError, match="zbigarray.dask.store"):
-            da.store(x, out, lock=False)
     out._p_jar.transaction_manager.commit()
     _check = run_python(f"""
         import numpy as np
@@ -267,3 +272,227 @@ def test_cluster_results_are_stored_by_the_client(zeo_server: str, cluster: obje
     """)
     assert _check.returncode == 0, _check.stderr
     db.close()
+
+
+# ------------------------------------------ da.store on a cluster: the relay
+
+
+@pytest.fixture
+def hang_guard() -> Iterator[None]:
+    """Ends the test process, with every thread's traceback, if the test
+    hangs (a relay that never answers would block da.store for ever)."""
+    import faulthandler
+
+    faulthandler.dump_traceback_later(120, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+
+
+def _committed(db: object, key: str) -> np.ndarray:
+    """root[key] as a new connection sees it: what is committed."""
+    conn = db.open(transaction_manager=transaction.TransactionManager())  # type: ignore
+    try:
+        return np.array(conn.root()[key][:])
+    finally:
+        conn.close()
+
+
+def _relay_threads() -> list[object]:
+    import threading
+
+    return [t for t in threading.enumerate() if t.name.startswith("zbigarray-write-relay")]
+
+
+def test_da_store_on_the_cluster_writes_into_the_callers_transaction(
+        zeo_server_shared: str, cluster: object, hang_guard: None) -> None:
+    db = open_db(f"zeo://{zeo_server_shared}")
+    n = 150_000
+    base = np.arange(n, dtype=np.float64)
+    A = _fresh(db, "relay-A", base)
+    out = _fresh(db, "relay-out", np.zeros(n))
+    tm = out._p_jar.transaction_manager
+    x = A.to_dask(chunks=20_000)
+    client = cluster
+    with client.as_current():  # type: ignore[attr-defined]
+        for lock in (True, False):
+            da.store(np.sqrt(x) * 3 + lock, out, lock=lock)
+            assert np.array_equal(out[:], np.sqrt(base) * 3 + lock)
+            # Nobody else sees it before the caller commits; abort drops it.
+            assert not _committed(db, "relay-out").any()
+            tm.abort()
+            assert not out[:].any()
+        # Built now, computed later: the writes join the transaction the
+        # computation runs in.
+        stored = da.store(x[::-1] - 1, out, compute=False)
+        tm.abort()
+        stored.compute()
+        assert np.array_equal(out[:], base[::-1] - 1)
+        tm.abort()
+        client.compute(da.store(-x, out, compute=False)).result(timeout=60)  # type: ignore
+        assert np.array_equal(out[:], -base)
+        tm.commit()
+    assert np.array_equal(_committed(db, "relay-out"), -base)
+    db.close()
+
+
+def test_da_store_into_an_array_new_in_this_transaction(
+        zeo_server_shared: str, cluster: object, hang_guard: None) -> None:
+    # The workers never open the destination: it need not be committed.
+    db = open_db(f"zeo://{zeo_server_shared}")
+    A = _fresh(db, "new-A", np.arange(1000, dtype=np.float64))
+    tm = transaction.TransactionManager()
+    conn = db.open(transaction_manager=tm)
+    conn.root()["new-out"] = out = ZBigArray((1000,), np.float64)
+    conn.add(out)
+    with cluster.as_current():  # type: ignore[attr-defined]
+        da.store(A.to_dask(chunks=300) * 2, out)
+    tm.commit()
+    assert np.array_equal(_committed(db, "new-out"), 2 * np.arange(1000, dtype=np.float64))
+    db.close()
+
+
+def test_da_store_with_a_thread_local_transaction_manager(
+        zeo_server_shared: str, cluster: object, hang_guard: None) -> None:
+    # The connection follows transaction.manager: the writes are those of
+    # this thread's transaction, not of the relay thread's own.
+    db = open_db(f"zeo://{zeo_server_shared}")
+    n = 40_000
+    A = _fresh(db, "tl-A", np.arange(n, dtype=np.float64))
+    _fresh(db, "tl-out", np.zeros(n))
+    conn = db.open(transaction.manager)
+    out = conn.root()["tl-out"]
+    x = A.to_dask(chunks=10_000)
+    with cluster.as_current():  # type: ignore[attr-defined]
+        da.store(x * 2, out)
+        transaction.abort()
+        assert not out[:].any()
+        da.store(x * 2, out)
+        transaction.commit()
+    assert np.array_equal(_committed(db, "tl-out"), 2 * np.arange(n, dtype=np.float64))
+    conn.close()
+    db.close()
+
+
+def test_da_store_holds_a_bounded_number_of_chunks(
+        zeo_server_shared: str, cluster: object, hang_guard: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The relay writes one chunk at a time, and a worker's task waits until
+    # its chunk is written: the cluster holds at most one per worker thread,
+    # plus one whose release (asynchronous, through the scheduler) is on
+    # its way while the thread computes the next.
+    import threading
+
+    from zbigarray.storage import _write_relay
+
+    client = cluster
+    nthreads = sum(client.nthreads().values())  # type: ignore[attr-defined]
+    held = {"relay": 0, "relay_max": 0, "cluster_max": 0}
+    count_lock = threading.Lock()
+    write = _write_relay.WriteRelay._write
+
+    def requests_on_the_cluster(dask_worker: object) -> int:
+        return sum(str(k).startswith("zbigarray-write-relay")
+                   for k in dask_worker.data)  # type: ignore[attr-defined]
+
+    def counting_write(self: object, *args: object) -> None:
+        with count_lock:
+            held["relay"] += 1
+            held["relay_max"] = max(held["relay_max"], held["relay"])
+        try:
+            on_cluster = sum(client.run(requests_on_the_cluster).values())  # type: ignore
+            held["cluster_max"] = max(held["cluster_max"], on_cluster)
+            write(self, *args)  # type: ignore[arg-type]
+        finally:
+            with count_lock:
+                held["relay"] -= 1
+
+    monkeypatch.setattr(_write_relay.WriteRelay, "_write", counting_write)
+    db = open_db(f"zeo://{zeo_server_shared}")
+    n = 64 * 5_000
+    A = _fresh(db, "bound-A", np.arange(n, dtype=np.float64))
+    out = _fresh(db, "bound-out", np.zeros(n))
+    with client.as_current():  # type: ignore[attr-defined]
+        da.store(A.to_dask(chunks=5_000) + 1, out, lock=False)
+    assert np.array_equal(out[:], np.arange(n, dtype=np.float64) + 1)
+    assert held["relay_max"] == 1
+    assert 1 <= held["cluster_max"] <= 2 * nthreads
+    assert sum(client.run(requests_on_the_cluster).values()) == 0  # type: ignore
+    out._p_jar.transaction_manager.abort()
+    db.close()
+
+
+def test_da_store_raises_what_the_client_write_raised(
+        zeo_server_shared: str, cluster: object, hang_guard: None) -> None:
+    db = open_db(f"zeo://{zeo_server_shared}")
+    out = _fresh(db, "err-out", np.zeros(1000))
+    tm = out._p_jar.transaction_manager
+    too_long = da.ones(1005, chunks=250)          # the last chunk falls outside
+    with cluster.as_current():  # type: ignore[attr-defined]
+        with pytest.raises(ValueError, match="broadcast"):
+            da.store(too_long, out, lock=False)
+    tm.abort()
+    assert not out[:].any()
+    db.close()
+
+
+def test_writes_for_an_ended_transaction_are_refused(
+        zeo_server_shared: str, cluster: object, hang_guard: None) -> None:
+    # Tasks of a failed da.store may still be running when the caller
+    # aborts: their writes must not land in the next transaction.
+    db = open_db(f"zeo://{zeo_server_shared}")
+    out = _fresh(db, "late-out", np.zeros(100))
+    tm = out._p_jar.transaction_manager
+    client = cluster
+    with client.as_current():  # type: ignore[attr-defined]
+        data = pickle.dumps(out)
+
+        def write(data: bytes) -> None:
+            pickle.loads(data)[:10] = 1
+
+        tm.abort()
+        late = client.submit(write, data, pure=False)  # type: ignore[attr-defined]
+        with pytest.raises(RuntimeError, match="ended"):
+            late.result(timeout=60)
+        assert not out[:].any()
+        client.submit(write, pickle.dumps(out), pure=False).result(timeout=60)  # type: ignore
+    assert out[:10].all() and not out[10:].any()
+    tm.abort()
+    db.close()
+
+
+def test_not_relayed_writes_still_raise_type_error(
+        zeo_server_shared: str, cluster: object) -> None:
+    from zbigarray.storage._connlock import connection_lock
+
+    db = open_db(f"zeo://{zeo_server_shared}")
+    out = _fresh(db, "norelay-out", np.zeros(10))
+    with cluster.as_current():  # type: ignore[attr-defined]
+        relayed = pickle.loads(pickle.dumps(out))
+        # Unpickled outside the client's workers: nobody to relay to.
+        with pytest.raises(TypeError, match="not a dask.distributed worker"):
+            relayed[0] = 1
+        assert relayed.shape == (10,)       # reads: the snapshot's
+        # Pickled by a thread holding the connection's lock: a relayed
+        # write would wait for that thread, which waits for the write.
+        with connection_lock(out._p_jar):
+            plain = pickle.loads(pickle.dumps(out))
+    assert isinstance(plain, ZBigArray) and plain._p_jar.isReadOnly()
+    with pytest.raises(TypeError, match="read-only"):
+        plain[0] = 1
+    db.close()
+
+
+def test_relay_stops_with_its_connection(zeo_server_shared: str, cluster: object) -> None:
+    import time
+
+    db = open_db(f"zeo://{zeo_server_shared}")
+    out = _fresh(db, "stop-out", np.zeros(10))
+    with cluster.as_current():  # type: ignore[attr-defined]
+        pickle.dumps(out)
+    mine = [t for t in _relay_threads() if t.is_alive()]
+    assert mine
+    db.close()
+    deadline = time.monotonic() + 10
+    while any(t.is_alive() for t in mine) and time.monotonic() < deadline:  # type: ignore
+        time.sleep(0.1)
+    assert not any(t.is_alive() for t in mine)  # type: ignore[attr-defined]

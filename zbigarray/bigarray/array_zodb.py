@@ -15,6 +15,7 @@ from zbigarray.bigfile import BigFileH
 from zbigarray.storage._connlock import object_lock
 from zbigarray.storage._datamanager import default_fileh
 from zbigarray.storage._reconnect import retry_while_disconnected
+from zbigarray.storage._write_relay import relayed_array
 from zbigarray.storage.file_zodb import ZBigFile
 from zbigarray.storage.snapshot import SnapshotRef, snapshot_ref
 
@@ -211,6 +212,13 @@ class ZBigArray(BigArray, Persistent):
         snapshot.  (ZODB itself stores references to it by oid and never
         calls this.)
 
+        Pickled where a ``dask.distributed`` client is active, with a
+        connection that can write, the reference also names a relay in this
+        process: writing to the array unpickled in a worker of that client
+        (``dask.array.store``) writes into this array, under the current
+        transaction, and returns once it is written (see
+        :mod:`zbigarray.storage._write_relay`).
+
         Raises
         ------
         TypeError
@@ -218,7 +226,11 @@ class ZBigArray(BigArray, Persistent):
         ValueError
             Its database is not reachable from other processes.
         """
-        return (_open_snapshot, (snapshot_ref(self),))
+        ref = snapshot_ref(self)
+        relayed = relayed_array(self, ref)
+        if relayed is not None:
+            return relayed.__reduce__()
+        return (_open_snapshot, (ref,))
 
     def __setitem__(self, idx: Any, value: Any) -> None:
         jar = self._p_jar
@@ -247,7 +259,9 @@ def _read_only_message(A: Any) -> str:
     return (f"{type(A).__name__} {A._p_oid!r} is read-only here: its connection reads a "
             f"past snapshot or a read-only database (an array unpickled in another process, "
             f"e.g. a dask worker, is one).  Write from the process whose transaction will "
-            f"commit it: zbigarray.dask.store(x, A) computes on workers and writes here")
+            f"commit it: zbigarray.dask.store(x, A) computes on workers and writes here, and "
+            f"so does dask.array.store(x, A) with a dask.distributed client active where A "
+            f"is pickled")
 
 
 def _open_snapshot(ref: SnapshotRef) -> ZBigArray:
