@@ -588,14 +588,17 @@ TEST(loadblk_may_touch_another_mapping)
     fixture_close(&src);
 }
 
-/* loadblk keeps its buffer (VIRT_BUF_KEPT): it replaces the range with
- * memory of its own first, so what it keeps does not alias the page. */
+/* loadblk keeps its buffer (VIRT_BUF_KEPT): it hands the content over
+ * first, then replaces the range with memory of its own, so what it keeps
+ * is its own. */
 static int load_and_keep(TestFile *tf, blk_t blk, void *buf)
 {
     void **kept = tf->hook_arg;
     size_t bs = tf->file.blksize;
 
     testfile_fill(buf, bs, blk, testfile_version(tf, blk));
+    CHECK_OK(virt_loadbuf_save(buf));
+    CHECK(virt_loadbuf_save(buf) == -EINVAL);           /* once */
     CHECK(mmap(buf, bs, PROT_READ | PROT_WRITE,
                MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == buf);
     kept[blk] = buf;

@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "fixture.h"
 #include "standin_policy.h"
@@ -243,6 +244,47 @@ TEST(unmapping_a_vma_forgets_its_standins)
     vma_unmap(vma);
     virt_fault_reported();                       /* nothing left to remove */
     CHECK(!virt_fault_failing());
+    fixture_close(&f);
+    policy_end();
+}
+
+/* loadblk keeps its buffer (VIRT_BUF_KEPT) without handing the content over
+ * (virt_loadbuf_save): nothing was loaded, so the fault fails, and the kept
+ * memory is the loader's. */
+static int keep_without_saving(TestFile *tf, blk_t blk, void *buf)
+{
+    void **kept = tf->hook_arg;
+    size_t bs = tf->file.blksize;
+
+    testfile_fill(buf, bs, blk, testfile_version(tf, blk));
+    CHECK(mmap(buf, bs, PROT_READ | PROT_WRITE,
+               MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == buf);
+    *kept = buf;
+    return VIRT_BUF_KEPT;
+}
+
+TEST(loadblk_keeping_its_buffer_unsaved_fails_the_fault)
+{
+    void *kept = NULL;
+    Fixture f;
+    VMA *vma;
+    unsigned char *p;
+    size_t bs = 2 * PS;
+
+    policy_begin();
+    fixture_open(&f, bs, 4, 4 * bs);
+    p = fixture_mmap(&f, 0, 4, &vma);
+    f.tf.on_load = keep_without_saving;
+    f.tf.hook_arg = &kept;
+    CHECK(block_is_zero(p + bs, bs));           /* a stand-in, not the block */
+    CHECK_EQ(reports.n, 1);
+    CHECK_EQ(reports.err, -EIO);
+    CHECK(kept != NULL);
+    CHECK_OK(munmap(kept, bs));
+    CHECK_EQ(fixture_stats(&f).npages, 0);
+    virt_fault_reported();
+    f.tf.on_load = NULL;
+    testfile_check_block(&f.tf, p + bs, 1);      /* loads normally again */
     fixture_close(&f);
     policy_end();
 }

@@ -25,4 +25,5 @@ cdef void fault_remote_error(virt.BigFile *cf, virt.blk_t blk, int err, const ch
 cdef void set_fault_state_calls(int (*failing)() noexcept nogil,
                                 void (*reported)() noexcept nogil,
                                 int (*speculative)() noexcept nogil,
-                                void (*has_gil)() noexcept nogil) noexcept
+                                void (*has_gil)() noexcept nogil,
+                                int (*loadbuf_save)(void *) noexcept nogil) noexcept

@@ -51,6 +51,10 @@ cdef int _pyfile_loadblk(virt.BigFile *cf, virt.blk_t blk, void *buf) noexcept w
     try:
         blkbuf = blkbuf_new(buf, cf.blksize, False)
         blkbuf.lend(owner.loadblk, blk)
+        if blkbuf.nexports and _loadbuf_save(buf) != 0:
+            # Views of buf outlive the call and the block could not be
+            # copied into the page: a failed load.
+            return _failed(blkbuf)
         return blkbuf.settle()
     except BaseException as exc:
         if _fault_speculative():
@@ -254,16 +258,22 @@ cdef void (*_fault_reported)() noexcept nogil
 cdef int  (*_fault_speculative)() noexcept nogil
 # Tells the core a proxy serving a system call's fault got the GIL.
 cdef void (*_fault_has_gil)() noexcept nogil
+# The core's virt_loadbuf_save: a loadblk whose buffer outlives the call
+# hands its content over with it before the buffer becomes the views' own.
+cdef int  (*_loadbuf_save)(void *buf) noexcept nogil
 
 cdef void set_fault_state_calls(int (*failing)() noexcept nogil,
                                 void (*reported)() noexcept nogil,
                                 int (*speculative)() noexcept nogil,
-                                void (*has_gil)() noexcept nogil) noexcept:
+                                void (*has_gil)() noexcept nogil,
+                                int (*loadbuf_save)(void *) noexcept nogil) noexcept:
     global _fault_failing, _fault_reported, _fault_speculative, _fault_has_gil
+    global _loadbuf_save
     _fault_failing = failing
     _fault_reported = reported
     _fault_speculative = speculative
     _fault_has_gil = has_gil
+    _loadbuf_save = loadbuf_save
 
 
 cdef object _arrival():

@@ -108,6 +108,7 @@ cdef extern from "virtmem.h" nogil:
     void virt_fault_reported()
     int  virt_fault_failing()
     int  virt_fault_speculative()
+    int  virt_loadbuf_save(void *buf)
 
     # -------------------------------------- faults inside system calls
     ctypedef int pid_t

@@ -472,6 +472,61 @@ int virt_fault_speculative(void)
     return fault_speculative;
 }
 
+/* Run loadblk for LOADING @page, unlocked, into memory no VMA shows (nobody
+ * can see the page half-filled): a page whose slot has no memory yet loads
+ * into a load buffer copied into the slot afterwards (loadbuf.c: the kernel
+ * then allocates without zeroing or faulting); a page reusing a reclaimed
+ * page's memory loads through its RAM window alias, which costs nothing
+ * for the memory loadblk does not write (ram_window.c).
+ * @speculative: a load ahead of use.  Locked; unlocks around the load (the
+ * page, LOADING, stays ours); returns locked, with 0 or -errno and *what
+ * naming the step that failed. */
+static int fault_load(Page *page, int speculative, const char **what)
+{
+    BigFileH *fileh = page->fileh;
+    BigFile  *file = fileh->file;
+    size_t    size = file->blksize;
+    int       staged = page->fresh;
+    int       was_speculative = fault_speculative;
+    void     *buf = NULL;
+    int       own = 0, r, err;
+    LoadDest  dest;
+
+    for (int tries = 0; ; tries++) {
+        err = staged ? virt__loadbuf_get(size, &buf) : page__buf_get(page, 1, &buf, &own);
+        /* Out of map entries (see fault_map)?  A LOADING page is not on
+         * the LRU, so it is not reclaimed itself.  Not for a load ahead. */
+        if (err != -ENOMEM || speculative || tries == 8 ||
+            fault_free_map_entries(fileh->ram, NULL) == 0)
+            break;
+    }
+    if (err) {
+        *what = "cannot map memory to load into";
+        return err;
+    }
+    virt_unlock();
+    virt__loadbuf_begin(&dest, buf, size, staged ? fileh->ram->memfd : -1, page->ram_off);
+    fault_nloading_mine++;
+    if (speculative)
+        fault_speculative = 1;
+    fault_selfload_seen = 0;
+    r = file->ops->loadblk(file, page->blk, buf);
+    fault_speculative = was_speculative;
+    fault_nloading_mine--;
+    err = virt__loadbuf_end(&dest, r);
+    if (staged && r != VIRT_BUF_KEPT && r != VIRT_BUF_KEPT_EIO)
+        virt__loadbuf_put(buf, size);       /* else it is the callee's now */
+    virt__lock_in_fault();
+    if (!staged)
+        err = page__buf_put(page, buf, own, r);
+    else if (r < 0 || r == VIRT_BUF_KEPT_EIO)
+        err = r < 0 ? r : -EIO;
+    if (err)
+        *what = r != 0 && r != VIRT_BUF_KEPT ? "loadblk failed"
+                                              : "cannot copy the loaded block into page memory";
+    return err;
+}
+
 /* Load block @blk of @vma's handle ahead of use and map it read-only into
  * @vma.  Locked; returns locked, 1 if the block is mapped now, 0 to stop
  * (no room but by evicting recent pages, a load in flight or failed, the
@@ -500,24 +555,9 @@ static int fault_around_one(VMA *vma, blk_t blk, size_t nahead)
         if (err)
             return 0;
         if (page->state == PAGE_LOADING) {
-            void *buf = NULL;
-            int own = 0, r = 0, fresh = page->fresh;
             uint64_t nfailed = fault_nfailed;
-            err = page__buf_get(page, 1, &buf, &own);
-            virt_unlock();
-            if (!err) {
-                if (fresh && !own)
-                    virt__populate_fresh(buf, file->blksize);
-                fault_nloading_mine++;
-                fault_speculative = 1;
-                fault_selfload_seen = 0;
-                r = file->ops->loadblk(file, blk, buf);
-                fault_speculative = 0;
-                fault_nloading_mine--;
-            }
-            virt__lock_in_fault();
-            if (!err)
-                err = page__buf_put(page, buf, own, r);
+            const char *what;
+            err = fault_load(page, 1, &what);
             if (err || fault_nfailed != nfailed || page->invalidated || fileh->closed) {
                 fileh->npinned++;
                 page__abandon_load(page);
@@ -655,31 +695,9 @@ static int fault_serve(uintptr_t addr, int write)
         }
 
         if (page->state == PAGE_LOADING && just_made) {
-            /* Load unlocked, into a writable alias of the slot that no VMA
-             * shows: nobody can see the page half-filled. */
-            void *buf = NULL;
-            int own = 0, r = 0, fresh = page->fresh;
+            const char *what;
             uint64_t nfailed = fault_nfailed;
-            err = page__buf_get(page, 1, &buf, &own);
-            for (int tries = 0; err == -ENOMEM && tries < 8; tries++) {
-                /* Out of map entries (see fault_map); a LOADING page is
-                 * not on the LRU, so it is not reclaimed itself. */
-                if (fault_free_map_entries(fileh->ram, NULL) == 0)
-                    break;
-                err = page__buf_get(page, 1, &buf, &own);
-            }
-            virt_unlock();
-            if (!err) {
-                if (fresh && !own)
-                    virt__populate_fresh(buf, blksize);
-                fault_nloading_mine++;
-                fault_selfload_seen = 0;
-                r = file->ops->loadblk(file, blk, buf);
-                fault_nloading_mine--;
-            }
-            virt__lock_in_fault();
-            if (!err)
-                err = page__buf_put(page, buf, own, r);
+            err = fault_load(page, 0, &what);
             /* A fault of this thread failed during loadblk: loadblk may
              * have read a stand-in, so what it loaded is not data. */
             int nested = fault_nfailed != nfailed;
@@ -690,9 +708,7 @@ static int fault_serve(uintptr_t addr, int write)
                 virt__loads_changed();
                 if (err || nested)
                     fault_fail_pinned(fileh, blk, err ? err : -EIO,
-                                      err == 0 ? "loadblk read memory whose page fault failed" :
-                                      r != 0 ? "loadblk failed" :
-                                               "cannot map page memory for loading");
+                                      err ? what : "loadblk read memory whose page fault failed");
                 fault_unpin(fileh);
                 continue;      /* a stand-in if failing; else load again (or not ours now) */
             }

@@ -3,8 +3,9 @@
  * with the virtmem lock held.
  *
  * A page's memory is a slot of its RAM's memfd.  The same slot is mapped into
- * every VMA that shows the page (so two VMAs of one handle share memory), and
- * mapped separately, writable, while loadblk fills it.
+ * every VMA that shows the page (so two VMAs of one handle share memory);
+ * loadblk fills it through memory no VMA shows (fault.c: a load buffer, or
+ * the slot's RAM window alias).
  *
  * Reclaim takes the least-recently-used clean page.  When the new page has the
  * same size, the victim's slot is handed over as is: its memory stays
@@ -418,23 +419,6 @@ int page__buf_put(Page *page, void *buf, int own, int r)
     if (r == VIRT_BUF_KEPT_EIO)
         return -EIO;
     return r < 0 ? r : 0;
-}
-
-void virt__populate_fresh(void *buf, size_t size)
-{
-    /* Fresh memory must be allocated and zeroed by the kernel whatever
-     * loadblk does, and populating does it in one call instead of one fault
-     * per OS page.  Recycled memory is not populated: re-creating its page
-     * table entries costs as much as the faults a loader that writes it all
-     * would take, and more for one that does not.  Only an optimisation, so
-     * a kernel without MADV_POPULATE_WRITE (< 5.14) is fine. */
-#ifdef MADV_POPULATE_WRITE
-    if (size > virt_os_pagesize())
-        (void)madvise(buf, size, MADV_POPULATE_WRITE);
-#else
-    (void)buf;
-    (void)size;
-#endif
 }
 
 /* ------------------------------------------------- RAM, page-aware parts */

@@ -1,11 +1,12 @@
 /* The RAM window: one read-write MAP_SHARED mapping of a RAM's whole memfd,
  * reserved once and extended as the memfd grows.
  *
- * Why: loadblk must fill a page through a writable alias that no VMA shows
- * (DESIGN.md: never load in place).  Mapping and unmapping an alias per load
- * costs two mm syscalls plus a TLB shootdown, about half of a 4 KiB fault.
- * Through the window the alias already exists; and a slot whose memory is
- * recycled keeps its page-table entries, so loading into it faults nothing.
+ * Why: storeblk reads a page, and loadblk fills a page whose slot reuses a
+ * reclaimed page's memory, through an alias that no VMA shows (DESIGN.md:
+ * never load in place); a slot without memory loads through a load buffer
+ * instead (loadbuf.c).  Mapping and unmapping an alias per call costs two mm
+ * syscalls plus a TLB shootdown, about half of a 4 KiB fault; through the
+ * window the alias already exists.
  *
  * The window reserves address space only (PROT_NONE, no memory) beyond what
  * the memfd holds.  A slot past the reserved size falls back to a one-off

@@ -47,11 +47,20 @@ typedef struct RAM       RAM;
  * something it made still references @buf. */
 #define VIRT_BUF_KEPT_EIO 2
 
+/* For a loadblk about to return VIRT_BUF_KEPT: copy what it loaded into
+ * @buf (the buffer it was given) into the page now, while @buf still holds
+ * it.  0, -EINVAL if @buf is not the buffer of this thread's innermost load
+ * (or was saved already), or -errno of the copy; the load then fails. */
+int virt_loadbuf_save(void *buf);
+
 typedef struct BigFileOps {
     /* Fill @buf (file->blksize bytes, writable; initial contents unspecified)
      * with block @blk.  Runs without the virtmem lock, possibly inside the
      * page-fault handler of the thread that touched the block.  Returns 0,
-     * VIRT_BUF_KEPT, VIRT_BUF_KEPT_EIO or -errno. */
+     * VIRT_BUF_KEPT, VIRT_BUF_KEPT_EIO or -errno.  @buf is scratch memory,
+     * copied into the page when loadblk returns 0; a loadblk that keeps it
+     * (VIRT_BUF_KEPT) must hand its content over first, with
+     * virt_loadbuf_save(). */
     int  (*loadblk)(BigFile *file, blk_t blk, void *buf);
 
     /* Save block @blk from @buf (file->blksize bytes, read-only).  Runs

@@ -300,10 +300,33 @@ void  page__abandon_load(Page *page);
 int   page__buf_get(Page *page, int writable, void **buf, int *own);
 int   page__buf_put(Page *page, void *buf, int own, int r);
 
-/* Allocate the memory behind a fresh slot's window alias [buf, buf+size) in
- * one call (MADV_POPULATE_WRITE) rather than one kernel fault per OS page as
- * loadblk writes it.  Unlocked. */
-void  virt__populate_fresh(void *buf, size_t size);
+/* ------------------------------------------------------- load buffers */
+
+/* loadbuf.c: the private memory loadblk fills, copied into the page's slot
+ * with pwrite() afterwards.  No lock needed for any of these. */
+
+/* Where the block a thread is loading goes; on the loader's stack. */
+typedef struct LoadDest {
+    void   *buf;
+    size_t  size;
+    int     memfd;
+    off_t   off;
+    int     saved;              /* virt_loadbuf_save() copied it already */
+    struct LoadDest *outer;     /* the load this one runs inside, if any */
+} LoadDest;
+
+/* A load buffer of @size bytes: a reused one, or a new mapping.  -errno of
+ * mmap.  virt__loadbuf_put gives it back (kept for reuse, or unmapped). */
+int   virt__loadbuf_get(size_t size, void **out);
+void  virt__loadbuf_put(void *buf, size_t size);
+
+/* Around the loadblk call that fills @buf: begin says where it goes (slot
+ * [@off, @off+@size) of @memfd; -1: @buf is the page's memory itself, nothing
+ * to copy); end, given loadblk's result @r, copies it there if @r is 0 and
+ * returns 0 or -errno of the copy (-EIO for a buffer kept without
+ * virt_loadbuf_save). */
+void  virt__loadbuf_begin(LoadDest *dest, void *buf, size_t size, int memfd, size_t off);
+int   virt__loadbuf_end(LoadDest *dest, int r);
 
 
 /* Reclaim up to @n clean LRU pages of @ram, punching their memory; the
