@@ -713,3 +713,37 @@ TEST(many_vmas_in_any_order)
     }
     fixture_close(&f);                 /* the odd ones */
 }
+
+/* A block whose tail is zeros, loaded into a slot that held another block
+ * before (its memory punched when that page went): the tail reads as zeros
+ * although the load buffer, reused, held the other block's bytes, because
+ * only the non-zero head is copied into a slot that has no memory. */
+static int load_head_only(TestFile *tf, blk_t blk, void *buf)
+{
+    size_t bs = tf->file.blksize;
+    memset(buf, 0, bs);
+    memset(buf, 0x40 + (int)blk, PS / 2);
+    return 0;
+}
+
+TEST(zero_tail_of_a_block_reads_as_zeros_in_a_reused_slot)
+{
+    Fixture f;
+    VMA *vma;
+    unsigned char *p;
+    size_t bs = 4 * PS;
+
+    fixture_open(&f, bs, 4, bs);                /* room for one page */
+    p = fixture_mmap(&f, 0, 4, &vma);
+    testfile_check_block(&f.tf, p, 0);          /* the whole slot written */
+    CHECK_OK(fileh_invalidate_page(f.fileh, 0));        /* slot punched */
+    f.tf.on_load = load_head_only;
+    for (blk_t blk = 1; blk < 4; blk++) {
+        const unsigned char *b = p + blk * bs;
+        for (size_t i = 0; i < bs; i++)
+            CHECK_EQ(b[i], i < PS / 2 ? 0x40 + blk : 0);
+        CHECK_OK(fileh_invalidate_page(f.fileh, blk));
+    }
+    f.tf.on_load = NULL;
+    fixture_close(&f);
+}
