@@ -10,9 +10,9 @@
  * buffer it copies from is reused, so its page-table entries are already
  * there.  The price is one more copy, from cache-warm memory.
  *
- * Buffers are kept for reuse in a small pool (at most LOADBUF_POOL_BYTES),
- * one per thread loading at a time; the pool has its own lock, so this
- * module may be used with or without the virtmem lock held. */
+ * Buffers are kept for reuse in a small pool (at most LOADBUF_POOL_BYTES,
+ * oldest first out), one per thread loading at a time; the pool has its own
+ * lock, so this module may be used with or without the virtmem lock held. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
@@ -47,7 +47,9 @@ int virt__loadbuf_get(size_t size, void **out)
     for (size_t i = loadbuf_npool; i-- > 0;) {
         if (loadbuf_pool[i].size == size) {
             *out = loadbuf_pool[i].addr;
-            loadbuf_pool[i] = loadbuf_pool[--loadbuf_npool];
+            loadbuf_npool--;
+            memmove(&loadbuf_pool[i], &loadbuf_pool[i + 1],
+                    (loadbuf_npool - i) * sizeof loadbuf_pool[0]);
             loadbuf_pool_bytes -= size;
             pthread_mutex_unlock(&loadbuf_lock);
             return 0;
@@ -64,17 +66,31 @@ int virt__loadbuf_get(size_t size, void **out)
 
 void virt__loadbuf_put(void *buf, size_t size)
 {
-    pthread_mutex_lock(&loadbuf_lock);
-    if (loadbuf_npool < LOADBUF_POOL_MAX && loadbuf_pool_bytes + size <= LOADBUF_POOL_BYTES) {
-        loadbuf_pool[loadbuf_npool].addr = buf;
-        loadbuf_pool[loadbuf_npool].size = size;
-        loadbuf_npool++;
-        loadbuf_pool_bytes += size;
-        buf = NULL;
-    }
-    pthread_mutex_unlock(&loadbuf_lock);
-    if (buf)
+    LoadBuf dropped[LOADBUF_POOL_MAX];
+    size_t ndropped = 0;
+
+    if (size > LOADBUF_POOL_BYTES) {
         BUG_ON(munmap(buf, size) != 0);
+        return;
+    }
+    /* Keep the newest: the oldest buffers go (their size is likely one no
+     * longer loaded), so a load size in use keeps its buffer. */
+    pthread_mutex_lock(&loadbuf_lock);
+    while (loadbuf_npool == LOADBUF_POOL_MAX || loadbuf_pool_bytes + size > LOADBUF_POOL_BYTES) {
+        dropped[ndropped++] = loadbuf_pool[0];
+        loadbuf_pool_bytes -= loadbuf_pool[0].size;
+        loadbuf_npool--;
+        memmove(&loadbuf_pool[0], &loadbuf_pool[1], loadbuf_npool * sizeof loadbuf_pool[0]);
+    }
+    loadbuf_pool[loadbuf_npool].addr = buf;
+    loadbuf_pool[loadbuf_npool].size = size;
+    loadbuf_npool++;
+    loadbuf_pool_bytes += size;
+    pthread_mutex_unlock(&loadbuf_lock);
+    while (ndropped > 0) {
+        ndropped--;
+        BUG_ON(munmap(dropped[ndropped].addr, dropped[ndropped].size) != 0);
+    }
 }
 
 void virt__loadbuf_begin(LoadDest *dest, void *buf, size_t size, int memfd, size_t off)
