@@ -14,7 +14,7 @@ from zbigarray.bigfile import RAM, ram_default, ram_parse_size, ram_reclaim
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 STATS_KEYS = {"capacity", "used", "npages", "nclean", "memfd_size", "nreclaimed",
-              "nrecycled"}
+              "nrecycled", "nmoved"}
 
 
 @pytest.mark.parametrize("text, size", [

@@ -30,6 +30,7 @@ class RAMStats(TypedDict):
     memfd_size: int
     nreclaimed: int
     nrecycled: int
+    nmoved: int
 
 class FileHStats(TypedDict):
     npages: int

@@ -188,7 +188,8 @@ cdef class RAM:
         virt.ram_get_stats(self._ptr(), &st)
         return {"capacity": st.capacity, "used": st.used, "npages": st.npages,
                 "nclean": st.nclean, "direct": st.direct, "memfd_size": st.memfd_size,
-                "nreclaimed": st.nreclaimed, "nrecycled": st.nrecycled}
+                "nreclaimed": st.nreclaimed, "nrecycled": st.nrecycled,
+                "nmoved": st.nmoved}
 
     def reclaim(self, max_pages=None):
         """Drop up to `max_pages` least recently used clean pages now (None:

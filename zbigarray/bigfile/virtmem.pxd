@@ -52,6 +52,7 @@ cdef extern from "virtmem.h" nogil:
         size_t   memfd_size
         uint64_t nreclaimed
         uint64_t nrecycled
+        uint64_t nmoved
     void   ram_get_stats(RAM *ram, RAMStats *st)
     size_t ram_reclaim(RAM *ram, size_t max_pages)
 

@@ -6,11 +6,12 @@
  * showing a slot after the parent reused it for another block — silent
  * corruption both ways.  So the child forgets everything the core held: its
  * mappings become empty reservations again, its pages are dropped without
- * touching the parent's memory, and each RAM gets a new, empty memfd.  The
- * child then works as a fresh process would: its handles reload blocks from
- * their files on first touch.  It does so without userfaultfd (uffd.c): the
- * kernel unregistered its copy of our ranges, and our server threads are
- * not in it.  What it cannot see is the parent's
+ * touching the parent's memory, the ranges where recycled pages' page
+ * tables were parked (page.c) are unmapped, and each RAM gets a new, empty
+ * memfd.  The child then works as a fresh process would: its handles
+ * reload blocks from their files on first touch.  It does so without
+ * userfaultfd (uffd.c): the kernel unregistered its copy of our ranges, and
+ * our server threads are not in it.  What it cannot see is the parent's
  * uncommitted changes (dirty pages) — they are the parent's alone.
  *
  * The virtmem lock is taken around fork() (prepare/parent/child handlers),
@@ -41,6 +42,9 @@ static void fork_forget_pages(BigFileH *fileh)
         ListHead *p, *tmp;
         list_for_each_safe(p, tmp, &page->mappings)
             free(list_entry(p, PageMapping, in_page));
+        /* Parked entries show the parent's memory; the range is ours. */
+        if (page->parked)
+            BUG_ON(munmap(page->parked, fileh->file->blksize) != 0);
         free(page);
     }
     pagemap_fini(&fileh->pagemap);

@@ -10,7 +10,20 @@
  * Reclaim takes the least-recently-used clean page.  When the new page has the
  * same size, the victim's slot is handed over as is: its memory stays
  * allocated in the kernel, because punching a hole and faulting fresh zeroed
- * memory back in costs more (~0.7 ms per 2 MiB) than the load itself. */
+ * memory back in costs more (~0.7 ms per 2 MiB) than the load itself.
+ *
+ * From 2 MiB blocks on, the victim's page-table entries go with its slot.
+ * Dropping 512 entries at the victim's place and populating 512 at the new
+ * page's was nearly all of a recycled fault (~200 of ~250 us on our VMs);
+ * mremap moves them instead, a whole page table at a time when both places
+ * are aligned to one (VMAs of such blocks are).  At eviction they are moved
+ * to a *parking range* (ram.c), an address no VMA shows, so that nothing
+ * reads the slot while the new block loads into it through the RAM window;
+ * once loaded they are moved to the new page's place.  MREMAP_DONTUNMAP
+ * leaves both places mapped, empty, so neither ever becomes a hole another
+ * thread's mmap could take; a userfaultfd trap is unregistered for the move
+ * (a registered one would wait for a server to read the move's event) and
+ * registered again.  Any refusal falls back to dropping and populating. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <string.h>
@@ -62,6 +75,29 @@ int vma__rereserve_at_limit(VMA *vma, void *addr, size_t len)
  * mappings (a sweep costs one move per gap between mapped pages). */
 #define PAGE_SWEEP_MIN 4096
 
+/* Forget mapping @m, whose range holds no page-table entry any more. */
+static void page_mapping_forget(PageMapping *m)
+{
+    VMA *vma = m->vma;
+    list_del(&m->in_page);
+    list_del(&m->in_vma);
+    vma->nmappings--;
+    free(m);
+    if (vma->nstale >= PAGE_SWEEP_MIN && vma->nstale > vma->nmappings)
+        vma__sweep(vma);
+}
+
+/* Reserve [addr, addr+len) of @vma again after mapping or moving there
+ * failed, which may have left it unmapped; fatal if even that fails. */
+static void page_rereserve(VMA *vma, void *addr, size_t len)
+{
+    int err = vma__reserve(vma, addr, len);
+    if (err == -ENOMEM)
+        err = vma__rereserve_at_limit(vma, addr, len);
+    if (err)
+        page_map_failed("re-reserve", err);
+}
+
 void page__unmap_from(PageMapping *m)
 {
     size_t blksize = m->page->fileh->file->blksize;
@@ -85,12 +121,124 @@ void page__unmap_from(PageMapping *m)
     }
     if (err)
         page_map_failed("unmap", err);
-    list_del(&m->in_page);
-    list_del(&m->in_vma);
-    vma->nmappings--;
-    free(m);
-    if (vma->nstale >= PAGE_SWEEP_MIN && vma->nstale > vma->nmappings)
-        vma__sweep(vma);
+    page_mapping_forget(m);
+}
+
+/* Recycling moves page tables from the size of one on (VIRT_PT_SPAN):
+ * below, the few entries cost less to drop and populate than the extra
+ * system calls of a move. */
+#define PAGE_MOVE_MIN VIRT_PT_SPAN
+
+/* The kernel refused MREMAP_DONTUNMAP for our mappings (Linux before 5.13):
+ * recycling drops and populates entries, as it did before moves. */
+static int page_move_unsupported;
+
+static void *page_mremap_fixed(void *from, size_t len, void *to)
+{
+    return mremap(from, len, len, MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP, to);
+}
+
+/* page__unmap_from for read-only mapping @m, moving its page-table entries
+ * to parking range @park (of @ram) instead of dropping them.  0, or -errno
+ * with @m mapped as it was (to be unmapped the usual way) and @park back in
+ * the pool -- or forgotten if the failed MREMAP_FIXED may have unmapped it
+ * (Linux 5.7-5.12 refuse DONTUNMAP for shared mappings only after that),
+ * as another thread's mmap may own it now: at worst some address space is
+ * lost, once.  Out of map entries (ENOMEM) the kernel refuses before
+ * touching it (an ENOMEM after would be the kernel itself out of memory,
+ * which this does not guard against). */
+static int page_unmap_parking(PageMapping *m, RAM *ram, void *park)
+{
+    size_t size = m->page->fileh->file->blksize;
+    VMA *vma = m->vma;
+    void *addr = (void *)page_addr_in(m->page, vma);
+    int err;
+
+    /* A registered range would make the move wait for a server to read
+     * its event (UFFD_FEATURE_EVENT_REMAP). */
+    if (m->trap && (err = uffd__unregister(addr, size)) != 0) {
+        ram__park_put(ram, park, size);
+        return err;
+    }
+    /* DONTUNMAP keeps the range mapped, empty: it never becomes a hole that
+     * another thread's mmap could take. */
+    if (page_mremap_fixed(addr, size, park) == MAP_FAILED) {
+        err = -errno;
+        if (err == -ENOMEM)
+            ram__park_put(ram, park, size);
+        if (m->trap && uffd__register_trap(addr, size) != 0)
+            m->trap = 0;        /* then replaced whole when unmapped */
+        return err;
+    }
+    err = 0;
+    if (m->trap) {
+        /* Unregistered until now, the range may have been touched since
+         * the move, faulting in the slot's pages (still this block's, the
+         * load comes later): drop what that brought, and leave a writable
+         * trap as page__unmap_from does. */
+        err = uffd__register_trap(addr, size);
+        if (!err && madvise(addr, size, MADV_DONTNEED) != 0)
+            err = -errno;
+        if (!err && mprotect(addr, size, PROT_READ | PROT_WRITE) != 0)
+            err = -errno;
+        if (!err)
+            vma->nstale++;
+    }
+    /* Without a trap, the empty mapping left is replaced whole. */
+    if (!m->trap || err)
+        page_rereserve(vma, addr, size);
+    page_mapping_forget(m);
+    return 0;
+}
+
+/* @victim gives its slot to a new page of the same size: park the
+ * page-table entries of one of its mappings (read-only, as a clean page's
+ * are) for that page too, or hand over those parked already.  Returns the
+ * parking range, or NULL: the new page is then populated afresh.  Other
+ * mappings are unmapped as usual. */
+static void *page_park(Page *victim)
+{
+    RAM *ram = victim->fileh->ram;
+    size_t size = victim->fileh->file->blksize;
+    void *park = victim->parked;
+
+    victim->parked = NULL;
+    if (park || size < PAGE_MOVE_MIN || page_move_unsupported || list_empty(&victim->mappings))
+        return park;
+    PageMapping *m = list_entry(victim->mappings.next, PageMapping, in_page);
+    if (m->writable || ram__park_get(ram, size, &park) != 0)
+        return NULL;
+    int err = page_unmap_parking(m, ram, park);
+    if (err == -EINVAL)
+        page_move_unsupported = 1;
+    return err ? NULL : park;
+}
+
+/* Map @page at @addr of @vma by moving its parked entries there (made
+ * writable if @writable).  0, or -errno with the entries given up and the
+ * range reserved again (the caller then maps the slot as usual). */
+static int page_unpark(Page *page, VMA *vma, void *addr, int writable)
+{
+    RAM *ram = page->fileh->ram;
+    size_t size = page->fileh->file->blksize;
+    void *park = page->parked;
+    int err;
+
+    page->parked = NULL;
+    if (page_mremap_fixed(park, size, addr) == MAP_FAILED) {
+        err = -errno;
+        ram__park_release(ram, park, size);     /* a failed move puts them back */
+        page_rereserve(vma, addr, size);
+        return err;
+    }
+    ram__park_put(ram, park, size);
+    if (writable && mprotect(addr, size, PROT_READ | PROT_WRITE) != 0) {
+        err = -errno;
+        page_rereserve(vma, addr, size);
+        return err;
+    }
+    ram->nmoved++;
+    return 0;
 }
 
 static PageMapping *page_mapping_in(Page *page, VMA *vma)
@@ -136,7 +284,9 @@ int page__map_into(Page *page, VMA *vma, int writable)
         if (err && vma__reserve(vma, addr, blksize) != 0)
             page_map_failed("re-reserve", -errno);
     } else {
-        err = ram__map_slot_at(page->fileh->ram, addr, page->ram_off, blksize, prot, 1);
+        err = page->parked ? page_unpark(page, vma, addr, writable) : -ENOENT;
+        if (err)
+            err = ram__map_slot_at(page->fileh->ram, addr, page->ram_off, blksize, prot, 1);
     }
     if (err) {
         free(m);
@@ -205,6 +355,8 @@ static size_t page_evict(Page *page)
     ListHead *pos, *tmp;
 
     BUG_ON(page->state == PAGE_LOADING || page->storing);
+    if (page->parked)
+        ram__park_release(fileh->ram, page->parked, fileh->file->blksize);
     list_for_each_safe(pos, tmp, &page->mappings)
         page__unmap_from(list_entry(pos, PageMapping, in_page));
     if (pagemap_get(&fileh->pagemap, page->blk) == page)
@@ -258,9 +410,10 @@ size_t page__reclaim_except(RAM *ram, size_t n, Page *keep)
 
 /* Reclaim LRU pages until @size more bytes fit in @ram.  With @off (the
  * caller wants a slot), a victim whose slot fits is handed over whole: *off
- * is set and 1 returned.  0: room made, no slot taken.  -ENOMEM: every page
- * is dirty or loading. */
-static int page_make_room(RAM *ram, size_t size, size_t *off)
+ * is set, *parked to its parking range or NULL (page_park), and 1
+ * returned.  0: room made, no slot taken.  -ENOMEM: every page is dirty or
+ * loading. */
+static int page_make_room(RAM *ram, size_t size, size_t *off, void **parked)
 {
     while (!ram__has_room(ram, size)) {
         if (list_empty(&ram->lru))
@@ -269,6 +422,7 @@ static int page_make_room(RAM *ram, size_t size, size_t *off)
         ram->nreclaimed++;
         if (off && victim->state == PAGE_LOADED && !victim->window_lost &&
             victim->fileh->file->blksize == size) {
+            *parked = page_park(victim);
             *off = page_evict(victim);
             ram->nrecycled++;
             return 1;
@@ -297,7 +451,7 @@ int page__alloc_direct(BigFileH *fileh, blk_t blk, int fd, uint64_t off, Page **
 {
     RAM *ram = fileh->ram;
     size_t size = fileh->file->blksize;
-    int err = page_make_room(ram, size, NULL);
+    int err = page_make_room(ram, size, NULL, NULL);
     if (err)
         return err;
     Page *page = page_new(fileh, blk, PAGE_DIRECT);
@@ -322,12 +476,13 @@ int page__alloc(BigFileH *fileh, blk_t blk, Page **out)
     RAM *ram = fileh->ram;
     size_t size = fileh->file->blksize;
     size_t off = 0;
+    void *parked = NULL;
     int err;
 
     Page *page = page_new(fileh, blk, PAGE_LOADING);
     if (!page)
         return -ENOMEM;
-    int have_slot = page_make_room(ram, size, &off);
+    int have_slot = page_make_room(ram, size, &off, &parked);
     if (have_slot < 0) {
         free(page);
         return have_slot;
@@ -342,10 +497,13 @@ int page__alloc(BigFileH *fileh, blk_t blk, Page **out)
 
     page->ram_off = off;
     page->fresh   = !have_slot;
+    page->parked  = parked;
     page->loader  = pthread_self();
 
     err = pagemap_set(&fileh->pagemap, blk, page);
     if (err) {
+        if (parked)
+            ram__park_release(ram, parked, size);
         ram__slot_free(ram, off, size);
         free(page);
         return err;
@@ -364,6 +522,8 @@ void page__abandon_load(Page *page)
     BUG_ON(page->state != PAGE_LOADING);
     if (pagemap_get(&fileh->pagemap, page->blk) == page)
         pagemap_del(&fileh->pagemap, page->blk);
+    if (page->parked)
+        ram__park_release(fileh->ram, page->parked, fileh->file->blksize);
     if (page->window_lost)
         ram__slot_retire(fileh->ram, page->ram_off, fileh->file->blksize);
     else

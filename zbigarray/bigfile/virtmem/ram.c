@@ -9,12 +9,15 @@
  *
  * This file owns the slot bookkeeping and the mmap calls on the memfd.  Which
  * pages to drop under pressure (LRU, reclaim, capacity changes) is page.c's.
+ * It also keeps the parking ranges page.c moves a recycled page's page
+ * tables to while the page loads: a few per RAM, reused, as reserving one
+ * costs three system calls (aligned to a page table's span).
  *
  * Locking: ram_new, ram_default_capacity and ram_parse_size touch nothing
  * shared.  Every other public function takes the virtmem lock; the ram__
  * internals require it held by the caller, except the mmap helpers
- * (ram__map_slot*, virt__reserve_at), which only read ram->memfd and may run
- * with or without it.
+ * (ram__map_slot*, virt__reserve_at, virt__mmap_aligned), which only read
+ * ram->memfd and may run with or without it.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE     /* memfd_create, fallocate, MAP_POPULATE */
@@ -351,6 +354,7 @@ void ram_get_stats(RAM *ram, RAMStats *st)
     st->memfd_size = ram->memfd_size;
     st->nreclaimed = ram->nreclaimed;
     st->nrecycled = ram->nrecycled;
+    st->nmoved = ram->nmoved;
     virt_unlock();
 }
 
@@ -524,6 +528,78 @@ int virt__reserve_at(void *addr, size_t len)
     return 0;
 }
 
+void *virt__mmap_aligned(size_t len, int prot)
+{
+    int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+    if (len % VIRT_PT_SPAN != 0)
+        return mmap(NULL, len, prot, flags, -1, 0);
+    char *got = mmap(NULL, len + VIRT_PT_SPAN, prot, flags, -1, 0);
+    if (got == MAP_FAILED)
+        return MAP_FAILED;
+    char *at = (char *)(((uintptr_t)got + VIRT_PT_SPAN - 1) & ~(uintptr_t)(VIRT_PT_SPAN - 1));
+    size_t head = (size_t)(at - got), tail = VIRT_PT_SPAN - head;
+    /* Trimming splits the mapping, which the kernel may refuse at the
+     * map-entry limit: then an unaligned range, which only moves slower.
+     * What is unmapped whole is wholly ours (a trimmed head may be someone
+     * else's already). */
+    if (head && munmap(got, head) != 0) {
+        BUG_ON(munmap(got, len + VIRT_PT_SPAN) != 0);
+        return mmap(NULL, len, prot, flags, -1, 0);
+    }
+    if (munmap(at + len, tail) != 0) {
+        BUG_ON(munmap(at, len + tail) != 0);
+        return mmap(NULL, len, prot, flags, -1, 0);
+    }
+    return at;
+}
+
+int ram__park_get(RAM *ram, size_t size, void **out)
+{
+    for (size_t i = ram->nparks; i-- > 0; ) {
+        if (ram->parks[i].size == size) {
+            *out = ram->parks[i].addr;
+            ram->parks[i] = ram->parks[--ram->nparks];
+            return 0;
+        }
+    }
+    void *addr = virt__mmap_aligned(size, PROT_NONE);
+    if (addr == MAP_FAILED)
+        return -errno;
+    *out = addr;
+    return 0;
+}
+
+void ram__park_put(RAM *ram, void *addr, size_t size)
+{
+    if (ram->nparks == RAM_MAX_PARKS) {
+        /* Full (more pages were parked at once than ever before): keep the
+         * newest few; a range wholly ours unmaps. */
+        BUG_ON(munmap(ram->parks[0].addr, ram->parks[0].size) != 0);
+        ram->parks[0] = ram->parks[--ram->nparks];
+    }
+    ram->parks[ram->nparks].addr = addr;
+    ram->parks[ram->nparks].size = size;
+    ram->nparks++;
+}
+
+void ram__park_release(RAM *ram, void *addr, size_t size)
+{
+    if (madvise(addr, size, MADV_DONTNEED) != 0) {
+        BUG_ON(munmap(addr, size) != 0);    /* then not reused at all */
+        return;
+    }
+    ram__park_put(ram, addr, size);
+}
+
+/* Unmap the parking ranges (@ram is going, or is a forked child's, whose
+ * ranges show its parent's memfd). */
+static void ram_parks_fini(RAM *ram)
+{
+    for (size_t i = 0; i < ram->nparks; i++)
+        BUG_ON(munmap(ram->parks[i].addr, ram->parks[i].size) != 0);
+    ram->nparks = 0;
+}
+
 /* With or without the virtmem lock: nothing else refers to @ram any more. */
 void ram__free(RAM *ram)
 {
@@ -531,6 +607,7 @@ void ram__free(RAM *ram)
 
     BUG_ON(ram->npages != 0 || ram->refcnt != 0);
     list_del(&ram->in_all);
+    ram_parks_fini(ram);
     ram__window_fini(ram);      /* before the memfd it maps goes */
     /* close() of a memfd has no data to flush; an error here (EINTR, EIO)
      * still releases the descriptor on Linux, so there is nothing to retry. */
@@ -555,6 +632,7 @@ int ram__reset_in_child(RAM *ram)
     ram->window = NULL;
     ram->window_size = ram->window_mapped = 0;
     ram->window_kept = 0;
+    ram_parks_fini(ram);
     (void)close(ram->memfd);
     ram->memfd = memfd_create("zbigarray-ram", MFD_CLOEXEC);
     ram->memfd_size = 0;

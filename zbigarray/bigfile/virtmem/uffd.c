@@ -220,7 +220,11 @@ pid_t virt__gettid(void)
  *   missing *and* minor faults when it was made, so a touch faults to us
  *   whether the slot behind it is a hole or holds another block by now.
  *   Evicting a page is then one system call, and never leaves a moment in
- *   which the range is not a trap.
+ *   which the range is not a trap.  (Except when recycling moves the page's
+ *   entries to the page that takes its slot (page.c): the range is then
+ *   unregistered for the move and registered again, meanwhile showing the
+ *   page it showed, read-only -- still right, as nothing has changed the
+ *   slot yet -- and what a touch faulted in then is dropped after.)
  *
  * Replacing a mapping in place (mmap MAP_FIXED) would make a new,
  * unregistered one: touched before it is registered, it would be filled
@@ -255,6 +259,12 @@ int uffd__register_trap(void *addr, size_t len)
 {
     return uffd_register_mode(addr, len,
                               UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR);
+}
+
+int uffd__unregister(void *addr, size_t len)
+{
+    struct uffdio_range range = { .start = (uintptr_t)addr, .len = len };
+    return ioctl(uffd_fd, UFFDIO_UNREGISTER, &range) == 0 ? 0 : -errno;
 }
 
 int uffd__replace_empty(void *addr, size_t len)

@@ -171,6 +171,8 @@ typedef struct RAMStats {
     size_t memfd_size;    /* bytes of memfd address range (used + free slots) */
     uint64_t nreclaimed;  /* pages reclaimed under capacity pressure, ever */
     uint64_t nrecycled;   /* reclaimed pages whose memory was reused directly */
+    uint64_t nmoved;      /* recycled pages mapped by moving the reclaimed
+                           * page's page tables (docs/virtmem.md) */
 } RAMStats;
 void ram_get_stats(RAM *ram, RAMStats *st);
 

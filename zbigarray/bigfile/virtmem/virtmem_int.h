@@ -61,6 +61,16 @@ typedef struct RAMFreeSlots {
     size_t  n, cap;
 } RAMFreeSlots;
 
+/* An address range no VMA shows, where a recycled page's page-table
+ * entries wait while its block loads (page.c). */
+typedef struct RAMPark {
+    void   *addr;
+    size_t  size;
+} RAMPark;
+
+/* Parking ranges a RAM keeps for reuse; more are unmapped when let go. */
+#define RAM_MAX_PARKS 16
+
 struct RAM {
     ListHead     in_all;       /* ram__all */
     int          refcnt;
@@ -81,6 +91,9 @@ struct RAM {
     int          window_kept;  /* a callee owns part of it: never unmap it */
     uint64_t     nreclaimed;   /* kept by page.c */
     uint64_t     nrecycled;    /* kept by page.c */
+    uint64_t     nmoved;       /* kept by page.c: recycled with their page tables */
+    RAMPark      parks[RAM_MAX_PARKS];  /* parking ranges free for reuse */
+    size_t       nparks;
 };
 
 /* Every live RAM and every file handle not yet freed (fork.c walks them). */
@@ -134,6 +147,24 @@ int   ram__map_slot_at(RAM *ram, void *addr, size_t off, size_t size, int prot,
  * MAP_FIXED, anonymous, no memory).  -errno of mmap. */
 int   virt__reserve_at(void *addr, size_t len);
 
+/* Page tables: one covers VIRT_PT_SPAN bytes (x86-64 and arm64 with 4 KiB
+ * pages).  mremap moves a whole one in O(1) when both ends are aligned to
+ * it; ranges of such multiples are reserved aligned (virt__mmap_aligned). */
+#define VIRT_PT_SPAN ((size_t)2 << 20)
+
+/* Anonymous mmap(NULL, @len, @prot, MAP_PRIVATE | MAP_ANONYMOUS |
+ * MAP_NORESERVE) at an address aligned to VIRT_PT_SPAN when @len is a
+ * multiple of it.  MAP_FAILED with errno set on failure. */
+void *virt__mmap_aligned(size_t len, int prot);
+
+/* Parking ranges of @ram (see RAMPark): ram__park_get takes one of @size
+ * bytes, reused or reserved anew (-errno of mmap); ram__park_put gives back
+ * one that holds no page-table entries; ram__park_release one that may
+ * (dropping them first: they would count in the process's RSS). */
+int   ram__park_get(RAM *ram, size_t size, void **out);
+void  ram__park_put(RAM *ram, void *addr, size_t size);
+void  ram__park_release(RAM *ram, void *addr, size_t size);
+
 /* The RAM window (ram_window.c): a long-lived read-write mapping of the whole
  * memfd, through which loadblk fills and storeblk reads page memory with no
  * mmap/munmap per call.  Returns the alias of slot [off, off+size), extending
@@ -177,6 +208,8 @@ typedef struct Page {
     unsigned   storing : 1;      /* storeblk is running for it; a write fault waits */
     unsigned   window_lost : 1;  /* its window alias was kept by a callee */
     unsigned   fresh : 1;        /* LOADING into a slot with no memory yet */
+    void      *parked;           /* a parking range holding read-only page-table
+                                  * entries of its slot (page.c), or NULL */
 } Page;
 
 /* Page @page is mapped into @vma (at vma->addr_start + (blk - pgoffset) *
@@ -380,6 +413,12 @@ int   uffd__active(void);
  * -errno of the ioctl. */
 int   uffd__register(void *addr, size_t len);
 int   uffd__register_trap(void *addr, size_t len);
+
+/* Undo either registration of [addr, addr+len): the range becomes ordinary
+ * memory again (page.c, moving a trap's page-table entries away: mremap of
+ * a registered range would wait for a server to read the move's event).
+ * -errno of the ioctl. */
+int   uffd__unregister(void *addr, size_t len);
 
 /* Replace [addr, addr+len) with empty registered memory, atomically (see
  * uffd.c, "reservations"); waits for a server to read the move's event, so

@@ -83,11 +83,15 @@ int fileh_mmap(VMA **out, BigFileH *fileh, blk_t pgoffset, blk_t pglen)
 
     /* Registered with the userfaultfd, empty memory (uffd.c); or, without
      * one (or when the kernel refuses this range: strict overcommit counts
-     * writable private address space), an inaccessible reservation. */
+     * writable private address space), an inaccessible reservation.
+     * Blocks of whole page tables start on one: recycling then moves their
+     * page tables whole (page.c). */
     int uffd = uffd__active();
+    int aligned = blksize % VIRT_PT_SPAN == 0;
     void *addr = MAP_FAILED;
     if (uffd) {
-        addr = mmap(NULL, len, PROT_READ | PROT_WRITE,
+        addr = aligned ? virt__mmap_aligned(len, PROT_READ | PROT_WRITE) :
+               mmap(NULL, len, PROT_READ | PROT_WRITE,
                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (addr != MAP_FAILED && uffd__register(addr, len) != 0) {
             BUG_ON(munmap(addr, len) != 0);
@@ -96,7 +100,8 @@ int fileh_mmap(VMA **out, BigFileH *fileh, blk_t pgoffset, blk_t pglen)
         uffd = addr != MAP_FAILED;
     }
     if (addr == MAP_FAILED)
-        addr = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        addr = aligned ? virt__mmap_aligned(len, PROT_NONE) :
+               mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (addr == MAP_FAILED)
         return -errno;
 
