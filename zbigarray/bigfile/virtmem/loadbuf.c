@@ -104,30 +104,10 @@ void virt__loadbuf_begin(LoadDest *dest, void *buf, size_t size, int memfd, size
     loadbuf_current = dest;
 }
 
-/* The length of @buf up to the end of its last OS page that is not all
- * zeros.  The slot a load buffer is copied into has no memory yet, so it
- * reads as zeros: trailing zero pages need neither copy nor memory (a hole
- * loads at the cost of this scan, not of a 2 MiB pwrite). */
-static size_t loadbuf_nonzero_len(const char *buf, size_t size)
-{
-    static const char zeros[4096];
-    size_t ps = virt_os_pagesize();
-    size_t step = ps < sizeof zeros ? ps : sizeof zeros;
-    size_t len = size;
-
-    while (len > 0) {
-        size_t n = len % step ? len % step : step;
-        if (memcmp(buf + len - n, zeros, n) != 0)
-            break;
-        len -= n;
-    }
-    return (len + ps - 1) / ps * ps;
-}
-
 static int loadbuf_write(const LoadDest *dest)
 {
     const char *p = dest->buf;
-    size_t left = loadbuf_nonzero_len(dest->buf, dest->size);
+    size_t left = dest->size;
     off_t off = dest->off;
 
     while (left > 0) {
