@@ -270,3 +270,74 @@ TEST(recycle_for_a_system_call_sends_the_new_block)
 {
     on_both_paths(recycle_syscall);
 }
+
+/* A recycled page loads through the entries it took over, made writable
+ * for loadblk: mapped for a read, they must be read-only again, or a write
+ * to the page would not fault and the page would never be written out. */
+static void recycle_read_then_write(void *arg)
+{
+    Fixture f;
+    VMA *vma;
+    (void)arg;
+    fixture_open(&f, BS, NBLK, NRAM * BS);
+    unsigned char *p = fixture_mmap(&f, 0, NBLK, &vma);
+    read_pass(&f, p);
+    read_pass(&f, p);                   /* the last NRAM blocks: recycled */
+    CHECK(fixture_ram_stats(&f).nmoved > 0);
+    CHECK_EQ(fileh_isdirty(f.fileh), 0);
+    unsigned char *b = p + (NBLK - 1) * BS;
+    poke(b, 3, 0x5eed);
+    CHECK_EQ(fileh_isdirty(f.fileh), 1);
+    CHECK_OK(fileh_dirty_writeout(f.fileh, WRITEOUT_STORE | WRITEOUT_MARKSTORED));
+    CHECK_EQ(f.tf.nstores, 1);
+    CHECK_EQ(f.tf.stores[0].blk, NBLK - 1);
+    CHECK_EQ(((uint64_t *)f.tf.stores[0].data)[3], 0x5eed);
+    fixture_close(&f);
+}
+
+TEST(recycle_mapped_for_a_read_is_read_only)
+{
+    on_both_paths(recycle_read_then_write);
+}
+
+/* loadblk keeps the buffer it was given for a recycled page (the entries
+ * the page took over): those addresses are then the loader's, the page is
+ * mapped afresh, and shows the block. */
+static int load_keep_memory(TestFile *tf, blk_t blk, void *buf)
+{
+    void **kept = tf->hook_arg;
+    testfile_fill(buf, BS, blk, testfile_version(tf, blk));
+    CHECK_OK(virt_loadbuf_save(buf));
+    CHECK(mmap(buf, BS, PROT_READ | PROT_WRITE,
+               MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == buf);
+    kept[blk] = buf;
+    return VIRT_BUF_KEPT;
+}
+
+static void recycle_loadblk_keeps(void *arg)
+{
+    void *kept[NBLK] = { NULL };
+    Fixture f;
+    VMA *vma;
+    (void)arg;
+    fixture_open(&f, BS, NBLK, NRAM * BS);
+    unsigned char *p = fixture_mmap(&f, 0, NBLK, &vma);
+    read_pass(&f, p);
+    f.tf.on_load = load_keep_memory;
+    f.tf.hook_arg = kept;
+    read_pass(&f, p);                   /* recycled, every buffer kept */
+    for (blk_t blk = 0; blk < NBLK; blk++) {
+        CHECK(kept[blk] != NULL);
+        memset(kept[blk], 0x66, BS);    /* the loader's, not the page's */
+    }
+    for (blk_t blk = NBLK - NRAM; blk < NBLK; blk++)
+        testfile_check_block(&f.tf, p + blk * BS, blk);
+    for (blk_t blk = 0; blk < NBLK; blk++)
+        CHECK_OK(munmap(kept[blk], BS));
+    fixture_close(&f);
+}
+
+TEST(recycle_loadblk_may_keep_its_buffer)
+{
+    on_both_paths(recycle_loadblk_keeps);
+}

@@ -550,8 +550,18 @@ int page__buf_get(Page *page, int writable, void **buf, int *own)
 {
     RAM *ram = page->fileh->ram;
     size_t size = page->fileh->file->blksize;
-    void *p = page->window_lost ? NULL : ram__window(ram, page->ram_off, size);
 
+    /* A page that took over a reclaimed page's entries (parked) loads
+     * through them: they map its slot already, so loadblk's writes fault
+     * nothing, where the window's entries were dropped after their last
+     * use.  Made read-only again before they are moved into a VMA. */
+    if (writable && page->parked &&
+        mprotect(page->parked, size, PROT_READ | PROT_WRITE) == 0) {
+        *buf = page->parked;
+        *own = PAGE_BUF_PARKED;
+        return 0;
+    }
+    void *p = page->window_lost ? NULL : ram__window(ram, page->ram_off, size);
     if (p) {
         *buf = p;
         *own = 0;
@@ -565,7 +575,16 @@ int page__buf_get(Page *page, int writable, void **buf, int *own)
 int page__buf_put(Page *page, void *buf, int own, int r)
 {
     size_t size = page->fileh->file->blksize;
-    if (r == VIRT_BUF_KEPT || r == VIRT_BUF_KEPT_EIO) {
+    if (own == PAGE_BUF_PARKED) {
+        if (r == VIRT_BUF_KEPT || r == VIRT_BUF_KEPT_EIO) {
+            page->parked = NULL;        /* the callee's addresses now */
+        } else if (mprotect(buf, size, PROT_READ) != 0) {
+            /* Writable entries must never reach a VMA (writes would not
+             * be tracked): map the page afresh instead. */
+            page->parked = NULL;
+            ram__park_release(page->fileh->ram, buf, size);
+        }
+    } else if (r == VIRT_BUF_KEPT || r == VIRT_BUF_KEPT_EIO) {
         if (!own)
             page->window_lost = 1;
     } else if (own) {

@@ -324,13 +324,16 @@ void  page__finish_load(Page *page);
 void  page__abandon_load(Page *page);
 
 /* The buffer through which loadblk (@writable) or storeblk sees @page's
- * memory: its RAM window alias (*own = 0), or a one-off mapping (*own = 1).
+ * memory: the reclaimed page's entries it took over (*own =
+ * PAGE_BUF_PARKED, for loadblk), its RAM window alias (*own = 0), or a
+ * one-off mapping (*own = 1).
  * Called locked, the buffer then used unlocked while the page is LOADING or
  * storing (which keeps the page and its slot alive).  page__buf_put (locked)
  * ends the use, given the callee's result @r: on VIRT_BUF_KEPT(_EIO) the
  * callee owns the addresses from now on; it returns the call's error (0 or
  * -errno).  page__buf_get: -errno of mmap. */
 int   page__buf_get(Page *page, int writable, void **buf, int *own);
+#define PAGE_BUF_PARKED 2
 int   page__buf_put(Page *page, void *buf, int own, int r);
 
 /* ------------------------------------------------------- load buffers */
