@@ -40,13 +40,20 @@ static void read_pass(Fixture *f, unsigned char *p)
         testfile_check_block(&f->tf, p + blk * BS, blk);
 }
 
+/* A handle of NBLK blocks over a RAM of NRAM pages, mapped whole: every
+ * pass over it recycles. */
+static unsigned char *recycle_open(Fixture *f)
+{
+    VMA *vma;
+    fixture_open(f, BS, NBLK, NRAM * BS);
+    return fixture_mmap(f, 0, NBLK, &vma);
+}
+
 static void recycle_read(void *arg)
 {
     Fixture f;
-    VMA *vma;
     (void)arg;
-    fixture_open(&f, BS, NBLK, NRAM * BS);
-    unsigned char *p = fixture_mmap(&f, 0, NBLK, &vma);
+    unsigned char *p = recycle_open(&f);
     CHECK_EQ((uintptr_t)p % BS, 0);     /* whole page tables move */
     for (int pass = 0; pass < 3; pass++)
         read_pass(&f, p);
@@ -66,10 +73,8 @@ TEST(recycle_moves_page_tables_and_shows_the_new_block)
 static void recycle_write(void *arg)
 {
     Fixture f;
-    VMA *vma;
     (void)arg;
-    fixture_open(&f, BS, NBLK, NRAM * BS);
-    unsigned char *p = fixture_mmap(&f, 0, NBLK, &vma);
+    unsigned char *p = recycle_open(&f);
     read_pass(&f, p);
     for (blk_t blk = 0; blk < NBLK; blk++) {
         unsigned char *b = p + blk * BS;
@@ -241,10 +246,8 @@ TEST(recycle_forked_while_entries_are_parked)
 static void recycle_syscall(void *arg)
 {
     Fixture f;
-    VMA *vma;
     (void)arg;
-    fixture_open(&f, BS, NBLK, NRAM * BS);
-    unsigned char *p = fixture_mmap(&f, 0, NBLK, &vma);
+    unsigned char *p = recycle_open(&f);
     read_pass(&f, p);
     int fd = memfd_create("recycle-test", MFD_CLOEXEC);
     CHECK(fd >= 0);
@@ -277,10 +280,8 @@ TEST(recycle_for_a_system_call_sends_the_new_block)
 static void recycle_read_then_write(void *arg)
 {
     Fixture f;
-    VMA *vma;
     (void)arg;
-    fixture_open(&f, BS, NBLK, NRAM * BS);
-    unsigned char *p = fixture_mmap(&f, 0, NBLK, &vma);
+    unsigned char *p = recycle_open(&f);
     read_pass(&f, p);
     read_pass(&f, p);                   /* the last NRAM blocks: recycled */
     CHECK(fixture_ram_stats(&f).nmoved > 0);
@@ -318,10 +319,8 @@ static void recycle_loadblk_keeps(void *arg)
 {
     void *kept[NBLK] = { NULL };
     Fixture f;
-    VMA *vma;
     (void)arg;
-    fixture_open(&f, BS, NBLK, NRAM * BS);
-    unsigned char *p = fixture_mmap(&f, 0, NBLK, &vma);
+    unsigned char *p = recycle_open(&f);
     read_pass(&f, p);
     f.tf.on_load = load_keep_memory;
     f.tf.hook_arg = kept;
