@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import psutil
@@ -14,7 +15,7 @@ from zbigarray.bigfile import RAM, ram_default, ram_parse_size, ram_reclaim
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 STATS_KEYS = {"capacity", "used", "npages", "nclean", "memfd_size", "nreclaimed",
-              "nrecycled", "nmoved"}
+              "nrecycled", "nmoved", "prepared", "nprepared"}
 
 
 @pytest.mark.parametrize("text, size", [
@@ -292,3 +293,35 @@ def test_reading_1gib_through_64mib_of_ram() -> None:
         for blk in (0, nblk // 2, nblk - 1):
             np.testing.assert_array_equal(a[blk * words:(blk + 1) * words],
                                           pattern(blk, blksize))
+
+
+def test_prepared_slots_hold_each_block_and_stay_within_capacity() -> None:
+    """A first scan of 2 MiB blocks takes slots prepared by another thread
+    (docs/virtmem.md, "RAM, capacity, recycling"): every block reads right,
+    the prepared bytes count against the capacity, and go with the pages."""
+    blksize = 2 * MiB
+    capacity = 128 * MiB
+    nblk = 48
+    words = blksize // 8
+    ram = RAM(capacity)
+    f = MemFile(blksize, fill=fill_pattern)
+    with f.fileh_open(ram=ram) as fileh:
+        a = np.frombuffer(fileh.mmap(0, nblk), np.uint64)
+        for blk in range(nblk):
+            assert np.array_equal(a[blk * words:(blk + 1) * words], pattern(blk, blksize))
+            st = ram.stats()
+            assert st["used"] + st["prepared"] <= capacity
+            assert st["prepared"] <= 4 * blksize
+        st = ram.stats()
+        assert st["nprepared"] > 0
+        assert st["npages"] == nblk and st["nrecycled"] == 0
+        a[5 * words] = 7                        # a prepared page, mapped read-only
+        assert fileh.isdirty()
+        del a
+    # The handle closed, the RAM holds no page: prepared slots go (one
+    # being prepared goes when done).
+    deadline = time.monotonic() + 10
+    while ram.stats()["prepared"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    st = ram.stats()
+    assert st["prepared"] == st["used"] == st["npages"] == 0

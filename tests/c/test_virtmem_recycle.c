@@ -304,17 +304,6 @@ TEST(recycle_mapped_for_a_read_is_read_only)
 /* loadblk keeps the buffer it was given for a recycled page (the entries
  * the page took over): those addresses are then the loader's, the page is
  * mapped afresh, and shows the block. */
-static int load_keep_memory(TestFile *tf, blk_t blk, void *buf)
-{
-    void **kept = tf->hook_arg;
-    testfile_fill(buf, BS, blk, testfile_version(tf, blk));
-    CHECK_OK(virt_loadbuf_save(buf));
-    CHECK(mmap(buf, BS, PROT_READ | PROT_WRITE,
-               MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == buf);
-    kept[blk] = buf;
-    return VIRT_BUF_KEPT;
-}
-
 static void recycle_loadblk_keeps(void *arg)
 {
     void *kept[NBLK] = { NULL };
@@ -322,7 +311,7 @@ static void recycle_loadblk_keeps(void *arg)
     (void)arg;
     unsigned char *p = recycle_open(&f);
     read_pass(&f, p);
-    f.tf.on_load = load_keep_memory;
+    f.tf.on_load = testfile_load_keeping;
     f.tf.hook_arg = kept;
     read_pass(&f, p);                   /* recycled, every buffer kept */
     for (blk_t blk = 0; blk < NBLK; blk++) {

@@ -1,7 +1,9 @@
 /* The test backend (see testfile.h). */
+#define _GNU_SOURCE
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "task.h"
 #include "testfile.h"
@@ -141,6 +143,19 @@ void testfile_init(TestFile *tf, size_t blksize, blk_t nblk)
     atomic_init(&tf->store_fail_blk, -1);
     atomic_init(&tf->nrelease, 0);
     CHECK(pthread_mutex_init(&tf->mu, NULL) == 0);
+}
+
+int testfile_load_keeping(TestFile *tf, blk_t blk, void *buf)
+{
+    void **kept = tf->hook_arg;
+    size_t bs = tf->file.blksize;
+
+    testfile_fill(buf, bs, blk, testfile_version(tf, blk));
+    CHECK_OK(virt_loadbuf_save(buf));
+    CHECK(mmap(buf, bs, PROT_READ | PROT_WRITE,
+               MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == buf);
+    kept[blk] = buf;
+    return VIRT_BUF_KEPT;
 }
 
 void testfile_clear_stores(TestFile *tf)

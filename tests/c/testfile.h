@@ -74,6 +74,12 @@ void testfile_bump(TestFile *tf, blk_t blk);
 
 uint32_t testfile_nload(TestFile *tf, blk_t blk);
 
+/* An on_load hook for a loadblk that keeps its buffer: fills it, hands the
+ * content over (virt_loadbuf_save), replaces the range with memory of its
+ * own, records the address in ((void **)tf->hook_arg)[blk] (for the test
+ * to munmap) and returns VIRT_BUF_KEPT. */
+int testfile_load_keeping(TestFile *tf, blk_t blk, void *buf);
+
 /* Forget the store log. */
 void testfile_clear_stores(TestFile *tf);
 

@@ -31,6 +31,8 @@ class RAMStats(TypedDict):
     nreclaimed: int
     nrecycled: int
     nmoved: int
+    prepared: int
+    nprepared: int
 
 class FileHStats(TypedDict):
     npages: int

@@ -189,7 +189,8 @@ cdef class RAM:
         return {"capacity": st.capacity, "used": st.used, "npages": st.npages,
                 "nclean": st.nclean, "direct": st.direct, "memfd_size": st.memfd_size,
                 "nreclaimed": st.nreclaimed, "nrecycled": st.nrecycled,
-                "nmoved": st.nmoved}
+                "nmoved": st.nmoved, "prepared": st.prepared,
+                "nprepared": st.nprepared}
 
     def reclaim(self, max_pages=None):
         """Drop up to `max_pages` least recently used clean pages now (None:

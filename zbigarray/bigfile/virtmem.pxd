@@ -53,6 +53,8 @@ cdef extern from "virtmem.h" nogil:
         uint64_t nreclaimed
         uint64_t nrecycled
         uint64_t nmoved
+        size_t   prepared
+        uint64_t nprepared
     void   ram_get_stats(RAM *ram, RAMStats *st)
     size_t ram_reclaim(RAM *ram, size_t max_pages)
 

@@ -504,7 +504,10 @@ static int fault_load(Page *page, int speculative, const char **what)
         *what = "cannot map memory to load into";
         return err;
     }
+    int prepared = own == PAGE_BUF_PARKED && page->parked_rw;
     virt_unlock();
+    if (prepared)
+        ram__prep_touch(buf, size);     /* off the lock: ~32 kernel faults */
     virt__loadbuf_begin(&dest, buf, size, staged ? fileh->ram->memfd : -1, page->ram_off);
     fault_nloading_mine++;
     if (speculative)
@@ -659,6 +662,9 @@ static int fault_serve(uintptr_t addr, int write)
             uint64_t foff = 0;
             int direct = write != 1 && !fileh->no_direct && file->ops->mmapblk &&
                          file->ops->mmapblk(file, blk, &fd, &foff) == 0;
+            /* Cheaper than a fresh slot, and maybe the only room there is. */
+            if (ram__prep_wait(fileh->ram, blksize, !direct))
+                continue;
             err = direct ? page__alloc_direct(fileh, blk, fd, foff, &page)
                          : page__alloc(fileh, blk, &page);
             if (err == -ENOMEM && fileh->ram->nloading > fault_nloading_mine) {

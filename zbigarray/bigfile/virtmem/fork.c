@@ -7,8 +7,8 @@
  * corruption both ways.  So the child forgets everything the core held: its
  * mappings become empty reservations again, its pages are dropped without
  * touching the parent's memory, the ranges where recycled pages' page
- * tables were parked (page.c) are unmapped, and each RAM gets a new, empty
- * memfd.  The child then works as a fresh process would: its handles
+ * tables were parked (page.c) and its prepared slots (ram_prep.c) are
+ * unmapped, and each RAM gets a new, empty memfd.  The child then works as a fresh process would: its handles
  * reload blocks from their files on first touch.  It does so without
  * userfaultfd (uffd.c): the kernel unregistered its copy of our ranges, and
  * our server threads are not in it.  What it cannot see is the parent's
@@ -88,6 +88,7 @@ static void fork_child(void)
          * handler. */
         (void)ram__reset_in_child(ram);
     }
+    ram__prep_reinit_in_child();
     fault__forget_all_in_child();
     virt__loads_reinit();
     virt_unlock();

@@ -237,7 +237,8 @@ static int page_unpark(Page *page, VMA *vma, void *addr, int writable)
         page_rereserve(vma, addr, size);
         return err;
     }
-    ram->nmoved++;
+    if (!page->prepared)
+        ram->nmoved++;
     return 0;
 }
 
@@ -388,6 +389,8 @@ void page__drop(Page *page)
         ram__slot_retire(ram, off, size);
     else
         ram__slot_free(ram, off, size);
+    if (ram->npages == 0)
+        ram__prep_release_all(ram);     /* nothing left to prepare for */
 }
 
 size_t page__reclaim(RAM *ram, size_t n)
@@ -416,6 +419,9 @@ size_t page__reclaim_except(RAM *ram, size_t n, Page *keep)
 static int page_make_room(RAM *ram, size_t size, size_t *off, void **parked)
 {
     while (!ram__has_room(ram, size)) {
+        /* Prepared slots of another size go before any page. */
+        if (ram__prep_release_one(ram))
+            continue;
         if (list_empty(&ram->lru))
             return -ENOMEM;
         Page *victim = list_entry(ram->lru.prev, Page, lru);
@@ -482,7 +488,9 @@ int page__alloc(BigFileH *fileh, blk_t blk, Page **out)
     Page *page = page_new(fileh, blk, PAGE_LOADING);
     if (!page)
         return -ENOMEM;
-    int have_slot = page_make_room(ram, size, &off, &parked);
+    /* A prepared slot is room already taken: first. */
+    int prepared = ram__prep_take(ram, size, &off, &parked);
+    int have_slot = prepared ? 1 : page_make_room(ram, size, &off, &parked);
     if (have_slot < 0) {
         free(page);
         return have_slot;
@@ -495,10 +503,16 @@ int page__alloc(BigFileH *fileh, blk_t blk, Page **out)
         }
     }
 
-    page->ram_off = off;
-    page->fresh   = !have_slot;
-    page->parked  = parked;
-    page->loader  = pthread_self();
+    page->ram_off   = off;
+    page->fresh     = !have_slot;
+    page->prepared  = prepared;
+    page->parked_rw = prepared;
+    page->parked    = parked;
+    page->loader    = pthread_self();
+    if (prepared)
+        ram->nprepared++;
+    if ((prepared || !have_slot) && !page_move_unsupported)
+        ram__prep_want(ram, size);
 
     err = pagemap_set(&fileh->pagemap, blk, page);
     if (err) {
@@ -528,6 +542,8 @@ void page__abandon_load(Page *page)
         ram__slot_retire(fileh->ram, page->ram_off, fileh->file->blksize);
     else
         ram__slot_free(fileh->ram, page->ram_off, fileh->file->blksize);
+    if (fileh->ram->npages == 0)
+        ram__prep_release_all(fileh->ram);
     fileh->nloading--;
     fileh->ram->nloading--;
     free(page);
@@ -556,7 +572,7 @@ int page__buf_get(Page *page, int writable, void **buf, int *own)
      * nothing, where the window's entries were dropped after their last
      * use.  Made read-only again before they are moved into a VMA. */
     if (writable && page->parked &&
-        mprotect(page->parked, size, PROT_READ | PROT_WRITE) == 0) {
+        (page->parked_rw || mprotect(page->parked, size, PROT_READ | PROT_WRITE) == 0)) {
         *buf = page->parked;
         *own = PAGE_BUF_PARKED;
         return 0;
@@ -575,6 +591,7 @@ int page__buf_get(Page *page, int writable, void **buf, int *own)
 int page__buf_put(Page *page, void *buf, int own, int r)
 {
     size_t size = page->fileh->file->blksize;
+    page->parked_rw = 0;    /* read-only below, or no longer parked */
     if (own == PAGE_BUF_PARKED) {
         if (r == VIRT_BUF_KEPT || r == VIRT_BUF_KEPT_EIO) {
             page->parked = NULL;        /* the callee's addresses now */
@@ -605,6 +622,7 @@ int page__buf_put(Page *page, void *buf, int own, int r)
 size_t ram_reclaim(RAM *ram, size_t max_pages)
 {
     virt_lock();
+    ram__prep_release_all(ram);
     size_t n = page__reclaim(ram, max_pages);
     virt_unlock();
     return n;
@@ -616,6 +634,8 @@ int ram_set_capacity(RAM *ram, size_t capacity)
         return -EINVAL;
     virt_lock();
     ram->capacity = capacity;
+    while (ram->used + ram->direct + ram->prepared > ram->capacity && ram__prep_release_one(ram))
+        ;
     while (ram->used + ram->direct > ram->capacity && !list_empty(&ram->lru))
         page__drop(list_entry(ram->lru.prev, Page, lru));
     virt_unlock();

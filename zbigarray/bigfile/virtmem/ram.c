@@ -355,6 +355,8 @@ void ram_get_stats(RAM *ram, RAMStats *st)
     st->nreclaimed = ram->nreclaimed;
     st->nrecycled = ram->nrecycled;
     st->nmoved = ram->nmoved;
+    st->prepared = ram->prepared;
+    st->nprepared = ram->nprepared;
     virt_unlock();
 }
 
@@ -486,7 +488,7 @@ void ram__slot_free(RAM *ram, size_t off, size_t size)
 
 int ram__has_room(const RAM *ram, size_t size)
 {
-    size_t inuse = ram->used + ram->direct;
+    size_t inuse = ram->used + ram->direct + ram->prepared;
     return size <= ram->capacity && inuse <= ram->capacity - size;
 }
 
@@ -607,6 +609,7 @@ void ram__free(RAM *ram)
 
     BUG_ON(ram->npages != 0 || ram->refcnt != 0);
     list_del(&ram->in_all);
+    ram__prep_fini(ram);
     ram_parks_fini(ram);
     ram__window_fini(ram);      /* before the memfd it maps goes */
     /* close() of a memfd has no data to flush; an error here (EINTR, EIO)
@@ -632,6 +635,7 @@ int ram__reset_in_child(RAM *ram)
     ram->window = NULL;
     ram->window_size = ram->window_mapped = 0;
     ram->window_kept = 0;
+    ram__prep_forget_in_child(ram);
     ram_parks_fini(ram);
     (void)close(ram->memfd);
     ram->memfd = memfd_create("zbigarray-ram", MFD_CLOEXEC);

@@ -110,6 +110,12 @@ void virt__wait_loads(void)
     }
 }
 
+void virt__wait_cond(pthread_cond_t *cond)
+{
+    BUG_ON(!virt_lock_held);
+    BUG_ON(pthread_cond_wait(cond, &virt_mutex) != 0);
+}
+
 void virt__loads_reinit(void)
 {
     /* In a forked child: threads that waited on the condition variable in

@@ -173,6 +173,9 @@ typedef struct RAMStats {
     uint64_t nrecycled;   /* reclaimed pages whose memory was reused directly */
     uint64_t nmoved;      /* recycled pages mapped by moving the reclaimed
                            * page's page tables (docs/virtmem.md) */
+    size_t prepared;      /* bytes of fresh slots made ready ahead of need
+                           * (docs/virtmem.md); they count against capacity */
+    uint64_t nprepared;   /* pages that took such a slot, ever */
 } RAMStats;
 void ram_get_stats(RAM *ram, RAMStats *st);
 

@@ -71,6 +71,17 @@ typedef struct RAMPark {
 /* Parking ranges a RAM keeps for reuse; more are unmapped when let go. */
 #define RAM_MAX_PARKS 16
 
+/* A prepared slot (ram_prep.c): fresh memory, mapped read-write and
+ * populated at a parking range, for the next page that needs a slot. */
+typedef struct RAMPrep {
+    size_t  off;
+    void   *park;
+    size_t  size;
+} RAMPrep;
+
+/* Slots a RAM has ready or in preparation at most. */
+#define RAM_PREP_MAX 4
+
 struct RAM {
     ListHead     in_all;       /* ram__all */
     int          refcnt;
@@ -94,6 +105,12 @@ struct RAM {
     uint64_t     nmoved;       /* kept by page.c: recycled with their page tables */
     RAMPark      parks[RAM_MAX_PARKS];  /* parking ranges free for reuse */
     size_t       nparks;
+    RAMPrep      prep[RAM_PREP_MAX];    /* ram_prep.c: ready, oldest first */
+    size_t       nprep;
+    size_t       nprep_busy;   /* slots the preparer works on now */
+    size_t       prepared;     /* bytes of slots ready or in preparation */
+    size_t       prep_size;    /* slot size to prepare; 0: none */
+    uint64_t     nprepared;    /* kept by page.c: pages given a prepared slot */
 };
 
 /* Every live RAM and every file handle not yet freed (fork.c walks them). */
@@ -178,6 +195,32 @@ void  ram__window_fini(RAM *ram);
  * (VIRT_BUF_KEPT).  The memory is still returned to the system. */
 void  ram__slot_retire(RAM *ram, size_t off, size_t size);
 
+/* Prepared slots (ram_prep.c), all under the lock.  ram__prep_want: a
+ * page just took a fresh or prepared slot of @size; prepare more of that
+ * size if there is room (sizes below VIRT_PT_SPAN are not prepared).
+ * ram__prep_take: 1 and the slot's offset and park (read-write, populated)
+ * if one of @size is ready; it then counts as used, as ram__slot_alloc's.
+ * ram__prep_wait: wait for the slot being prepared (unlocking meanwhile;
+ * 1) when a new page of @size needs it: when only it would make room, or
+ * when it would be the page's (@may_take) and none is ready; else 0.
+ * ram__prep_touch: fill the page-table entries of a prepared slot's park,
+ * before loadblk writes there (no lock needed).
+ * ram__prep_release_one: give one ready slot back (1), or 0 if none.
+ * ram__prep_release_all: give them all back and prepare no more until a
+ * page takes a fresh slot.
+ * ram__prep_fini: unmap the ready ones, for ram__free.
+ * ram__prep_forget_in_child: forget them without touching their memory;
+ * ram__prep_reinit_in_child: the preparer thread is not in the child. */
+void  ram__prep_want(RAM *ram, size_t size);
+int   ram__prep_wait(RAM *ram, size_t size, int may_take);
+int   ram__prep_take(RAM *ram, size_t size, size_t *off, void **park);
+void  ram__prep_touch(void *park, size_t size);
+int   ram__prep_release_one(RAM *ram);
+void  ram__prep_release_all(RAM *ram);
+void  ram__prep_fini(RAM *ram);
+void  ram__prep_forget_in_child(RAM *ram);
+void  ram__prep_reinit_in_child(void);
+
 /* Free @ram (close memfd, free free-lists), under the lock, when the last
  * reference goes.  No pages may remain. */
 void  ram__free(RAM *ram);
@@ -208,6 +251,8 @@ typedef struct Page {
     unsigned   storing : 1;      /* storeblk is running for it; a write fault waits */
     unsigned   window_lost : 1;  /* its window alias was kept by a callee */
     unsigned   fresh : 1;        /* LOADING into a slot with no memory yet */
+    unsigned   prepared : 1;     /* took a prepared slot (ram_prep.c) */
+    unsigned   parked_rw : 1;    /* its parked entries are writable (prepared) */
     void      *parked;           /* a parking range holding read-only page-table
                                   * entries of its slot (page.c), or NULL */
 } Page;
@@ -396,6 +441,10 @@ int   virt__trylock(void);
  * while waiting; returns with the lock held, the world possibly changed. */
 void  virt__wait_loads(void);
 void  virt__loads_changed(void);
+
+/* Wait on @cond with the virtmem lock (held; held again on return), for a
+ * C thread of the core's own that holds no interpreter lock. */
+void  virt__wait_cond(pthread_cond_t *cond);
 void  virt__loads_reinit(void);     /* fork.c, in the child */
 
 /* Reserve [addr, addr+len) of @vma again, as it is when nothing is mapped
