@@ -338,3 +338,50 @@ TEST(prepared_slot_of_a_failed_load_is_given_back)
 {
     on_both_paths(failing);
 }
+
+/* The kernel writes into untouched pages inside read(): each fault is
+ * served by a proxy while the call retries it, so a page must never be
+ * seen mapped read-only on its way to being writable (the call would fail
+ * with EFAULT).  A race: many blocks, several rounds. */
+static void syscall_writes(void *arg)
+{
+    enum { N = 64, ROUNDS = 6 };
+    (void)arg;
+    int src = memfd_create("prepared-src", MFD_CLOEXEC);
+    CHECK(src >= 0);
+    unsigned char *want = malloc(N * BS);
+    CHECK(want != NULL);
+    for (blk_t blk = 0; blk < N; blk++)
+        testfile_fill(want + blk * BS, BS, blk + 1000, 3);
+    CHECK_EQ(pwrite(src, want, N * BS, 0), (ssize_t)(N * BS));
+    for (int round = 0; round < ROUNDS; round++) {
+        Fixture f;
+        VMA *vma;
+        fixture_open(&f, BS, N, 2 * N * BS);
+        unsigned char *p = fixture_mmap(&f, 0, N, &vma);
+        if (!virt_uffd_enabled()) {
+            /* Without the userfaultfd the kernel cannot fault our pages in:
+             * the call fails, as documented (docs/virtmem.md). */
+            CHECK_EQ(pread(src, p, N * BS, 0), -1);
+            CHECK_EQ(errno, EFAULT);
+            fixture_close(&f);
+            break;
+        }
+        size_t done = 0;
+        while (done < N * BS) {
+            ssize_t n = pread(src, p + done, N * BS - done, (off_t)done);
+            CHECK(n > 0);               /* EFAULT: a page seen read-only */
+            done += (size_t)n;
+        }
+        CHECK(memcmp(p, want, N * BS) == 0);
+        CHECK(fixture_ram_stats(&f).nprepared > 0);
+        fixture_close(&f);
+    }
+    free(want);
+    close(src);
+}
+
+TEST(prepared_pages_written_by_a_system_call)
+{
+    on_both_paths(syscall_writes);
+}

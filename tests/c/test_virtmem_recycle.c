@@ -329,3 +329,52 @@ TEST(recycle_loadblk_may_keep_its_buffer)
 {
     on_both_paths(recycle_loadblk_keeps);
 }
+
+/* The kernel writes into recycled pages inside read(), a few blocks a call
+ * (written out after each, so that pages stay recyclable): served by a
+ * proxy while the call retries its fault, the moved entries must be
+ * writable when they arrive, or a retry sees them read-only and the call
+ * fails with EFAULT (a race: several passes). */
+static void recycle_syscall_writes(void *arg)
+{
+    enum { PASSES = 24, PER_CALL = NRAM - 1 };
+    Fixture f;
+    (void)arg;
+    unsigned char *p = recycle_open(&f);
+    read_pass(&f, p);
+    int src = memfd_create("recycle-src", MFD_CLOEXEC);
+    CHECK(src >= 0);
+    unsigned char *want = malloc(PER_CALL * BS);
+    CHECK(want != NULL);
+    for (blk_t blk = 0; blk < PER_CALL; blk++)
+        testfile_fill(want + blk * BS, BS, 4242 + blk, 1);
+    CHECK_EQ(pwrite(src, want, PER_CALL * BS, 0), (ssize_t)(PER_CALL * BS));
+    for (int pass = 0; pass < PASSES; pass++) {
+        for (blk_t blk = 0; blk + PER_CALL <= NBLK; blk += PER_CALL) {
+            unsigned char *at = p + blk * BS;
+            if (!virt_uffd_enabled()) {
+                CHECK_EQ(pread(src, at, PER_CALL * BS, 0), -1);
+                CHECK_EQ(errno, EFAULT);        /* on the SIGSEGV path */
+                continue;
+            }
+            size_t done = 0;
+            while (done < PER_CALL * BS) {
+                ssize_t n = pread(src, at + done, PER_CALL * BS - done, (off_t)done);
+                CHECK(n > 0);                   /* not EFAULT */
+                done += (size_t)n;
+            }
+            CHECK(memcmp(at, want, PER_CALL * BS) == 0);
+            CHECK_OK(fileh_dirty_writeout(f.fileh, WRITEOUT_STORE | WRITEOUT_MARKSTORED));
+        }
+    }
+    if (virt_uffd_enabled())
+        CHECK(fixture_ram_stats(&f).nmoved > 0);
+    free(want);
+    close(src);
+    fixture_close(&f);
+}
+
+TEST(recycle_written_by_a_system_call_is_writable_at_once)
+{
+    on_both_paths(recycle_syscall_writes);
+}

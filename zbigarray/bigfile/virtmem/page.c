@@ -225,6 +225,14 @@ static int page_unpark(Page *page, VMA *vma, void *addr, int writable)
     int err;
 
     page->parked = NULL;
+    /* Writable before the move, not after: a system call writing there
+     * retries its fault while a proxy serves it (uffd.c), and a retry that
+     * found the moved entries read-only would fail the call with EFAULT. */
+    if (writable && mprotect(park, size, PROT_READ | PROT_WRITE) != 0) {
+        err = -errno;
+        ram__park_release(ram, park, size);
+        return err;
+    }
     if (page_mremap_fixed(park, size, addr) == MAP_FAILED) {
         err = -errno;
         ram__park_release(ram, park, size);     /* a failed move puts them back */
@@ -232,11 +240,6 @@ static int page_unpark(Page *page, VMA *vma, void *addr, int writable)
         return err;
     }
     ram__park_put(ram, park, size);
-    if (writable && mprotect(addr, size, PROT_READ | PROT_WRITE) != 0) {
-        err = -errno;
-        page_rereserve(vma, addr, size);
-        return err;
-    }
     if (!page->prepared)
         ram->nmoved++;
     return 0;
