@@ -504,7 +504,7 @@ static int fault_load(Page *page, int speculative, const char **what)
         *what = "cannot map memory to load into";
         return err;
     }
-    int prepared = own == PAGE_BUF_PARKED && page->parked_rw;
+    int prepared = own == PAGE_BUF_PARKED && page->prepared;
     virt_unlock();
     if (prepared)
         ram__prep_touch(buf, size);     /* off the lock: ~32 kernel faults */
@@ -698,6 +698,9 @@ static int fault_serve(uintptr_t addr, int write)
                 continue;       /* failing now: a stand-in */
             }
             just_made = 1;
+            /* Mapped by this very fault once loaded (the lock is held from
+             * the load's end to the mapping): writable if a write. */
+            page->load_for_write = write == 1;
         }
 
         if (page->state == PAGE_LOADING && just_made) {

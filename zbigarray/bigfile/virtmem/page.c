@@ -203,6 +203,12 @@ static void *page_park(Page *victim)
     void *park = victim->parked;
 
     victim->parked = NULL;
+    if (park && victim->parked_rw) {
+        /* Loaded for a write that never mapped it: not worth an mprotect
+         * on a path this rare. */
+        ram__park_release(ram, park, size);
+        park = NULL;
+    }
     if (park || size < PAGE_MOVE_MIN || page_move_unsupported || list_empty(&victim->mappings))
         return park;
     PageMapping *m = list_entry(victim->mappings.next, PageMapping, in_page);
@@ -225,14 +231,19 @@ static int page_unpark(Page *page, VMA *vma, void *addr, int writable)
     int err;
 
     page->parked = NULL;
-    /* Writable before the move, not after: a system call writing there
-     * retries its fault while a proxy serves it (uffd.c), and a retry that
-     * found the moved entries read-only would fail the call with EFAULT. */
-    if (writable && mprotect(park, size, PROT_READ | PROT_WRITE) != 0) {
+    /* Entries as the mapping needs them before the move, not after:
+     * writable entries must never reach a read-only mapping (writes would
+     * not be tracked); and a system call writing there retries its fault
+     * while a proxy serves it (uffd.c), so a retry that found the moved
+     * entries read-only would fail the call with EFAULT. */
+    if (writable != page->parked_rw &&
+        mprotect(park, size, PROT_READ | (writable ? PROT_WRITE : 0)) != 0) {
         err = -errno;
+        page->parked_rw = 0;
         ram__park_release(ram, park, size);
         return err;
     }
+    page->parked_rw = 0;
     if (page_mremap_fixed(park, size, addr) == MAP_FAILED) {
         err = -errno;
         ram__park_release(ram, park, size);     /* a failed move puts them back */
@@ -576,6 +587,7 @@ int page__buf_get(Page *page, int writable, void **buf, int *own)
      * use.  Made read-only again before they are moved into a VMA. */
     if (writable && page->parked &&
         (page->parked_rw || mprotect(page->parked, size, PROT_READ | PROT_WRITE) == 0)) {
+        page->parked_rw = 1;
         *buf = page->parked;
         *own = PAGE_BUF_PARKED;
         return 0;
@@ -594,16 +606,21 @@ int page__buf_get(Page *page, int writable, void **buf, int *own)
 int page__buf_put(Page *page, void *buf, int own, int r)
 {
     size_t size = page->fileh->file->blksize;
-    page->parked_rw = 0;    /* read-only below, or no longer parked */
     if (own == PAGE_BUF_PARKED) {
         if (r == VIRT_BUF_KEPT || r == VIRT_BUF_KEPT_EIO) {
             page->parked = NULL;        /* the callee's addresses now */
-        } else if (mprotect(buf, size, PROT_READ) != 0) {
-            /* Writable entries must never reach a VMA (writes would not
-             * be tracked): map the page afresh instead. */
-            page->parked = NULL;
-            ram__park_release(page->fileh->ram, buf, size);
+            page->parked_rw = 0;
+        } else if (!page->load_for_write) {
+            /* Read-only for a read fault's mapping, now: page_unpark
+             * would have to otherwise. */
+            if (mprotect(buf, size, PROT_READ) != 0) {
+                page->parked = NULL;
+                ram__park_release(page->fileh->ram, buf, size);
+            }
+            page->parked_rw = 0;
         }
+        /* else writable still, for the write fault's mapping: two
+         * mprotect calls of 512 entries saved per write-faulted block */
     } else if (r == VIRT_BUF_KEPT || r == VIRT_BUF_KEPT_EIO) {
         if (!own)
             page->window_lost = 1;

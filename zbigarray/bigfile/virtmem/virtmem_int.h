@@ -252,7 +252,9 @@ typedef struct Page {
     unsigned   window_lost : 1;  /* its window alias was kept by a callee */
     unsigned   fresh : 1;        /* LOADING into a slot with no memory yet */
     unsigned   prepared : 1;     /* took a prepared slot (ram_prep.c) */
-    unsigned   parked_rw : 1;    /* its parked entries are writable (prepared) */
+    unsigned   parked_rw : 1;    /* its parked entries are writable */
+    unsigned   load_for_write : 1; /* loading for a write fault: the parked
+                                  * entries stay writable for its mapping */
     void      *parked;           /* a parking range holding read-only page-table
                                   * entries of its slot (page.c), or NULL */
 } Page;
