@@ -14,10 +14,11 @@
  * they move into the view.  (Filled by the preparer, the same entries made
  * a 512 MiB scan ~10 % slower: its faults then compete with the loading
  * thread's mprotect and mremap in the same address space, and it was the
- * slower of the two threads already.)  A fault that finds none ready while one is being prepared waits
- * for it (ram__prep_wait): the preparer's ~0.8 ms per 2 MiB is less than
- * the faulting thread would spend doing the same itself, and with two
- * threads on their CPUs at full speed the preparer is the slower one.
+ * slower of the two threads already.)  A fault that finds none ready
+ * while one is being prepared waits for it (ram__prep_wait): the
+ * preparer's ~0.8 ms per 2 MiB is less than the faulting thread would
+ * spend doing the same itself, and with two threads on their CPUs at full
+ * speed the preparer is the slower one.
  *
  * Bounds.  At most RAM_PREP_MAX slots per RAM are ready or being prepared.
  * Their bytes count against the capacity from the moment the preparer
