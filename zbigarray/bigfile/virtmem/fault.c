@@ -399,7 +399,8 @@ static int fault_spill(BigFileH *victim)
 static int fault_room_is_only_mine(BigFileH *fileh)
 {
     RAM *ram = fileh->ram;
-    if (ram->nclean != 1 || ram__has_room(ram, fileh->file->blksize))
+    /* Ready prepared slots are room too: page_make_room gives them back. */
+    if (ram->nclean != 1 || ram->nprep > 0 || ram__has_room(ram, fileh->file->blksize))
         return 0;
     Page *only = list_entry(ram->lru.prev, Page, lru);
     return only->fileh == fault_last_fileh && only->blk == fault_last_blk;
