@@ -3,6 +3,8 @@
 #ifndef ZBIGARRAY_TESTS_FIXTURE_H
 #define ZBIGARRAY_TESTS_FIXTURE_H
 
+#include <stdio.h>
+
 #include "task.h"
 #include "testfile.h"
 
@@ -56,6 +58,20 @@ static inline RAMStats fixture_ram_stats(Fixture *f)
 }
 
 #define PS (virt_os_pagesize())
+
+/* Memory mappings (kernel VMAs) of this process: lines of /proc/self/maps. */
+static inline long count_maps(void)
+{
+    FILE *m = fopen("/proc/self/maps", "r");
+    long n = 0;
+    int c;
+
+    CHECK(m != NULL);
+    while ((c = fgetc(m)) != EOF)
+        n += c == '\n';
+    fclose(m);
+    return n;
+}
 
 /* Write / read word @i at @addr, always through memory (so it faults). */
 static inline void poke(unsigned char *addr, size_t i, uint64_t v)

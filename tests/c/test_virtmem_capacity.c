@@ -185,20 +185,6 @@ TEST(one_ram_shared_by_two_block_sizes)
     testfile_fini(&tb);
 }
 
-/* Number of memory mappings (kernel VMAs) of this process. */
-static long count_maps(void)
-{
-    FILE *f = fopen("/proc/self/maps", "r");
-    long n = 0;
-    int c;
-
-    CHECK(f != NULL);
-    while ((c = fgetc(f)) != EOF)
-        n += c == '\n';
-    fclose(f);
-    return n;
-}
-
 /* In a child: use up all but a few of the process's map entries
  * (vm.max_map_count), then read pages mapped apart from each other, each
  * needing entries of its own.  The fault path must make room by unmapping

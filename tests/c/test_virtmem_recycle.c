@@ -129,17 +129,6 @@ TEST(recycle_of_a_page_mapped_twice_moves_one_mapping)
     on_both_paths(recycle_two_vmas);
 }
 
-static int count_maps(void)
-{
-    FILE *m = fopen("/proc/self/maps", "r");
-    int c, n = 0;
-    CHECK(m != NULL);
-    while ((c = fgetc(m)) != EOF)
-        n += c == '\n';
-    fclose(m);
-    return n;
-}
-
 /* Out of map entries, moves fail (mremap needs spare ones): recycling
  * falls back to unmapping and populating, with the same data. */
 static void recycle_at_map_limit(void *arg)

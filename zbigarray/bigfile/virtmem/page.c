@@ -433,7 +433,8 @@ size_t page__reclaim_except(RAM *ram, size_t n, Page *keep)
 static int page_make_room(RAM *ram, size_t size, size_t *off, void **parked)
 {
     while (!ram__has_room(ram, size)) {
-        /* Prepared slots of another size go before any page. */
+        /* Prepared slots go before any page (one of this size would have
+         * been taken already, page__alloc). */
         if (ram__prep_release_one(ram))
             continue;
         if (list_empty(&ram->lru))
@@ -584,7 +585,8 @@ int page__buf_get(Page *page, int writable, void **buf, int *own)
     /* A page that took over a reclaimed page's entries (parked) loads
      * through them: they map its slot already, so loadblk's writes fault
      * nothing, where the window's entries were dropped after their last
-     * use.  Made read-only again before they are moved into a VMA. */
+     * use.  Made what the mapping needs before they move into a VMA
+     * (page__buf_put, page_unpark). */
     if (writable && page->parked &&
         (page->parked_rw || mprotect(page->parked, size, PROT_READ | PROT_WRITE) == 0)) {
         page->parked_rw = 1;
