@@ -42,13 +42,21 @@ static unsigned char *prepared_open(Fixture *f, size_t capacity)
     return p;
 }
 
+/* Slots of BS a RAM of @capacity prepares at most (docs/virtmem.md): a
+ * sixteenth of the capacity, 4 to 32 of them. */
+static size_t depth_of(size_t capacity)
+{
+    size_t n = capacity / BS / 16;
+    return n < 4 ? 4 : n > 32 ? 32 : n;
+}
+
 /* The RAM's memory stays within its capacity, prepared slots counted, and
  * never more than a few are prepared. */
 static void check_bounds(Fixture *f)
 {
     RAMStats st = fixture_ram_stats(f);
     CHECK(st.used + st.direct + st.prepared <= st.capacity);
-    CHECK(st.prepared <= 4 * BS);
+    CHECK(st.prepared <= depth_of(st.capacity) * BS);
     CHECK_EQ(st.prepared % BS, 0);
 }
 
@@ -100,6 +108,40 @@ static void scan(void *arg)
 TEST(prepared_slots_show_every_block_of_a_scan)
 {
     on_both_paths(scan);
+}
+
+/* A large RAM keeps a burst's worth of slots ready: with 1 GiB, 32 of
+ * 2 MiB, made while nothing faults (a commit, a computation), so that the
+ * next burst of faults finds them ready.  They are taken like the first
+ * few, and given back with the last page. */
+static void burst(void *arg)
+{
+    Fixture f;
+    (void)arg;
+    unsigned char *p = prepared_open(&f, (size_t)1 << 30);
+    testfile_check_block(&f.tf, p, 0);
+    struct timespec nap = { 0, 1000000 };
+    RAMStats st = fixture_ram_stats(&f);
+    for (int i = 0; i < 5000 && st.prepared < 32 * BS; i++) {
+        nanosleep(&nap, NULL);
+        st = fixture_ram_stats(&f);
+    }
+    CHECK_EQ(st.prepared, 32 * BS);
+    nanosleep(&nap, NULL);
+    check_bounds(&f);                   /* and no more */
+    for (blk_t blk = 1; blk < NBLK; blk++) {
+        testfile_check_block(&f.tf, p + blk * BS, blk);
+        check_bounds(&f);
+    }
+    st = fixture_ram_stats(&f);
+    CHECK(st.nprepared >= NBLK - 1);    /* every block after the first */
+    CHECK_EQ(st.npages, NBLK);
+    fixture_close(&f);
+}
+
+TEST(a_large_ram_keeps_a_burst_of_slots_ready)
+{
+    on_both_paths(burst);
 }
 
 /* Prepared entries are writable for loadblk; mapped for a read they must be

@@ -79,8 +79,10 @@ typedef struct RAMPrep {
     size_t  size;
 } RAMPrep;
 
-/* Slots a RAM has ready or in preparation at most. */
-#define RAM_PREP_MAX 4
+/* Slots a RAM has ready or in preparation at most: a sixteenth of its
+ * capacity, within these bounds (ram_prep.c, prep_depth). */
+#define RAM_PREP_MIN 4
+#define RAM_PREP_MAX 32
 
 struct RAM {
     ListHead     in_all;       /* ram__all */
