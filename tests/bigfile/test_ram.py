@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from tests.common import PAGESIZE, MemFile, fill_pattern, pattern, run_python
-from zbigarray.bigfile import RAM, ram_default, ram_parse_size, ram_reclaim
+from zbigarray.bigfile import RAM, loadblk_buf_zeroed, ram_default, ram_parse_size, ram_reclaim
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -325,3 +325,56 @@ def test_prepared_slots_hold_each_block_and_stay_within_capacity() -> None:
         time.sleep(0.01)
     st = ram.stats()
     assert st["prepared"] == st["used"] == st["npages"] == 0
+
+
+def test_loadblk_is_told_when_its_buffer_holds_only_zeros() -> None:
+    """loadblk_buf_zeroed(buf) is true for prepared slots, and only when the
+    buffer does hold zeros: checked against the memory itself, in a first
+    scan (fresh and prepared slots) and one through a RAM too small for it
+    (recycled slots, old data in them)."""
+    blksize = 2 * MiB
+    nblk = 40
+    seen: list[tuple[int, bool, bool]] = []    # blk, told zeroed, all zeros
+
+    def fill_noting(blk: int, buf: memoryview) -> None:
+        seen.append((blk, loadblk_buf_zeroed(buf),
+                     not np.frombuffer(buf, np.uint8).any()))
+        assert loadblk_buf_zeroed(buf[8:]) == seen[-1][1]     # a view of it
+        fill_pattern(blk, buf)
+
+    for capacity in (128 * MiB, 16 * MiB):
+        seen.clear()
+        ram = RAM(capacity)
+        f = MemFile(blksize, fill=fill_noting)
+        with f.fileh_open(ram=ram) as fileh:
+            a = np.frombuffer(fileh.mmap(0, nblk), np.uint64)
+            for blk in range(nblk):
+                assert np.array_equal(a[blk * blksize // 8:(blk + 1) * blksize // 8],
+                                      pattern(blk, blksize))
+            st = ram.stats()
+            del a
+        assert [blk for blk, _, _ in seen] == list(range(nblk))
+        assert all(zero for _, told, zero in seen if told)
+        if capacity == 128 * MiB:
+            assert sum(told for _, told, _ in seen) == st["nprepared"] > 0
+        else:
+            assert st["nrecycled"] > 0
+            assert not any(told for _, told, zero in seen if not zero)
+
+
+def test_loadblk_buf_zeroed_is_false_outside_loadblk() -> None:
+    kept: list[memoryview] = []
+
+    def fill_keeping(blk: int, buf: memoryview) -> None:
+        kept.append(buf)
+        fill_pattern(blk, buf)
+
+    assert not loadblk_buf_zeroed(memoryview(bytearray(16)))
+    assert not loadblk_buf_zeroed(b"\0" * 16)
+    f = MemFile(2 * MiB, fill=fill_keeping)
+    with f.fileh_open(ram=RAM(128 * MiB)) as fileh:
+        a = np.frombuffer(fileh.mmap(0, 4), np.uint64)
+        assert int(a[0]) == int(pattern(0, 2 * MiB)[0])
+        del a
+    assert kept
+    assert not any(loadblk_buf_zeroed(buf) for buf in kept)     # released after the call

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from ZODB.Connection import Connection
 from ZODB.FileStorage import FileStorage
 
-from zbigarray.bigfile import RAM
+from zbigarray.bigfile import RAM, loadblk_buf_zeroed
 from zbigarray.storage import _records
 from zbigarray.storage.file_zodb import ZBLK1_CHUNKSIZE, ZBigFile, ZBlk0, ZData
 
@@ -268,3 +268,95 @@ def test_objects_outside_an_open_connection_take_the_object_path(one_block: Any)
     zblk._p_deactivate()
     conn.close()
     assert _records.bytes_state_of(zblk) is None        # closed: the object path says so
+
+
+@pytest.mark.parametrize("fmt", ["ZBlk0", "ZBlk1"])
+def test_blocks_loaded_into_zeroed_memory_leave_their_zeros_unwritten(fmt: str) -> None:
+    """Pages of 2 MiB blocks take slots prepared with zeros (the first scan
+    of a file): holes, the zeros after a short record and ZBlk1's missing
+    chunks are not written again, and every block reads as stored."""
+    big = 2 << 20
+    nblk = 24
+    rng = np.random.default_rng(7)
+    want = np.zeros((nblk, big), np.uint8)
+    for blk in range(nblk):
+        kind = blk % 4                  # 0: a hole
+        if kind == 1:                   # a short record: zeros after it
+            want[blk, :1000] = rng.integers(1, 256, 1000, dtype=np.uint8)
+        elif kind == 2:                 # chunks apart: ZBlk1 stores two
+            want[blk, :10] = 1
+            want[blk, big // 2:big // 2 + ZBLK1_CHUNKSIZE] = 2
+        elif kind == 3:
+            want[blk] = rng.integers(1, 256, big, dtype=np.uint8)
+    db = ZODB.DB(None)
+    try:
+        conn = db.open()
+        conn.root()["f"] = zfile = ZBigFile(big)
+        with _fmt(fmt):
+            for blk in range(nblk):
+                if want[blk].any():
+                    zfile.storeblkdata(blk, memoryview(want[blk]))
+        transaction.commit()
+        reader = db.open(transaction.TransactionManager())
+        ram = RAM(1 << 30)
+        fileh = reader.root()["f"].fileh_open(ram=ram)
+        told: list[bool] = []
+
+        def noting(buf: memoryview) -> bool:
+            told.append(loadblk_buf_zeroed(buf))
+            return told[-1]
+
+        with mock.patch("zbigarray.bigfile._blkbuf.loadblk_buf_zeroed", noting):
+            got = np.frombuffer(fileh.mmap(0, nblk), np.uint8).reshape(nblk, big)
+            for blk in range(nblk):
+                assert np.array_equal(got[blk], want[blk]), blk
+        # Asked once or more per block (each range of zeros); every block
+        # but the first few took a prepared slot.
+        assert len(told) >= nblk
+        assert sum(told) >= ram.stats()["nprepared"] > nblk // 2
+        del got
+        fileh.close()
+        reader.close()
+    finally:
+        db.close()
+
+
+
+def test_a_load_retried_after_a_disconnect_writes_its_zeros_again() -> None:
+    """A try that failed part-way (the server gone) left bytes in memory
+    that held only zeros; the retry's holes and tails must read zeros."""
+    from ZEO.Exceptions import ClientDisconnected
+
+    big = 2 << 20
+    db = ZODB.DB(None)
+    try:
+        conn = db.open()
+        conn.root()["f"] = zfile = ZBigFile(big)
+        short = np.zeros(big, np.uint8)
+        short[:100] = 9
+        for blk in range(8):
+            zfile.storeblkdata(blk, memoryview(short))
+        transaction.commit()
+        reader = db.open(transaction.TransactionManager())
+        ram = RAM(1 << 30)
+        fileh = reader.root()["f"].fileh_open(ram=ram)
+        real = ZBlk0.loadblkdata
+        failed: list[bool] = []
+
+        def once_torn(self: ZBlk0, buf: memoryview, deps: list[Any]) -> None:
+            if loadblk_buf_zeroed(buf) and not failed:
+                failed.append(True)
+                np.frombuffer(buf, np.uint8)[:] = 0xEE    # a torn try
+                raise ClientDisconnected("server gone")
+            real(self, buf, deps)
+
+        with mock.patch.object(ZBlk0, "loadblkdata", once_torn):
+            got = np.frombuffer(fileh.mmap(0, 8), np.uint8).reshape(8, big)
+            for blk in range(8):
+                assert np.array_equal(got[blk], short), blk
+        assert failed
+        del got
+        fileh.close()
+        reader.close()
+    finally:
+        db.close()

@@ -31,6 +31,7 @@ from zbigarray.bigfile._bigfile import (
     ram_reclaim,
     userfaultfd_status,
 )
+from zbigarray.bigfile._blkbuf import loadblk_buf_zeroed
 from zbigarray.bigfile.prefault import prefault
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "userfaultfd_status",
     "fault_proxy_thread",
     "prefault",
+    "loadblk_buf_zeroed",
     "WRITEOUT_STORE",
     "WRITEOUT_MARKSTORED",
     "ram_reclaim",

@@ -59,7 +59,8 @@ virt.virt_set_gil_hooks(gil_hooks())
 virt.virt_set_fault_error_handler(fault_error)
 virt.virt_set_fault_remote_error_handler(fault_remote_error)
 set_fault_state_calls(virt.virt_fault_failing, virt.virt_fault_reported,
-                      virt.virt_fault_speculative, virt.virt_fault_proxy_has_lock,
+                      virt.virt_fault_speculative, virt.virt_fault_buf_zeroed,
+                      virt.virt_fault_proxy_has_lock,
                       virt.virt_loadbuf_save)
 
 

@@ -6,6 +6,7 @@ cdef class _BlkBuf:
     cdef Py_ssize_t size
     cdef bint readonly
     cdef bint owns_mem          # buf is our private copy: munmap it at the end
+    cdef bint zeroed            # all zeros as the call begins (loadblk_buf_zeroed)
     cdef Py_ssize_t nexports
     cdef Py_ssize_t _shape[1]
     cdef Py_ssize_t _strides[1]

@@ -83,6 +83,7 @@ cdef class _BlkBuf:
         try:
             method(blk, mv)
         finally:
+            self.zeroed = False     # whatever the call wrote, for views kept
             try:
                 mv.release()
             except BufferError:
@@ -116,3 +117,22 @@ cdef class _BlkBuf:
             self.owns_mem = True
             return virt.VIRT_BUF_KEPT
         return -ENOMEM
+
+
+def loadblk_buf_zeroed(buf) -> bool:
+    """Whether `buf`, the memoryview a running ``loadblk`` was given (or one
+    made from it), held only zeros as the call began.
+
+    Then ``loadblk`` may leave alone what it would fill with zeros (a hole,
+    the tail after a short record): the core gives a page memory the kernel
+    allocated and nothing wrote yet, ahead of the fault (docs/virtmem.md,
+    "RAM, capacity, recycling").  False whenever that is not known, and for
+    any other buffer.
+    """
+    obj = buf
+    if isinstance(buf, memoryview):
+        try:
+            obj = buf.obj
+        except ValueError:      # released: the call is over
+            return False
+    return isinstance(obj, _BlkBuf) and (<_BlkBuf>obj).zeroed

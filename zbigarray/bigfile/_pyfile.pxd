@@ -25,5 +25,6 @@ cdef void fault_remote_error(virt.BigFile *cf, virt.blk_t blk, int err, const ch
 cdef void set_fault_state_calls(int (*failing)() noexcept nogil,
                                 void (*reported)() noexcept nogil,
                                 int (*speculative)() noexcept nogil,
+                                int (*buf_zeroed)() noexcept nogil,
                                 void (*has_gil)() noexcept nogil,
                                 int (*loadbuf_save)(void *) noexcept nogil) noexcept

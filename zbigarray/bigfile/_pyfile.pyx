@@ -50,6 +50,7 @@ cdef int _pyfile_loadblk(virt.BigFile *cf, virt.blk_t blk, void *buf) noexcept w
     _fault_has_gil()
     try:
         blkbuf = blkbuf_new(buf, cf.blksize, False)
+        blkbuf.zeroed = _fault_buf_zeroed()
         blkbuf.lend(owner.loadblk, blk)
         if blkbuf.nexports and _loadbuf_save(buf) != 0:
             # Views of buf outlive the call and the block could not be
@@ -256,6 +257,7 @@ class _SystemExitArrival(SystemExit):
 cdef int  (*_fault_failing)() noexcept nogil
 cdef void (*_fault_reported)() noexcept nogil
 cdef int  (*_fault_speculative)() noexcept nogil
+cdef int  (*_fault_buf_zeroed)() noexcept nogil
 # Tells the core a proxy serving a system call's fault got the GIL.
 cdef void (*_fault_has_gil)() noexcept nogil
 # The core's virt_loadbuf_save: a loadblk whose buffer outlives the call
@@ -265,13 +267,15 @@ cdef int  (*_loadbuf_save)(void *buf) noexcept nogil
 cdef void set_fault_state_calls(int (*failing)() noexcept nogil,
                                 void (*reported)() noexcept nogil,
                                 int (*speculative)() noexcept nogil,
+                                int (*buf_zeroed)() noexcept nogil,
                                 void (*has_gil)() noexcept nogil,
                                 int (*loadbuf_save)(void *) noexcept nogil) noexcept:
-    global _fault_failing, _fault_reported, _fault_speculative, _fault_has_gil
-    global _loadbuf_save
+    global _fault_failing, _fault_reported, _fault_speculative, _fault_buf_zeroed
+    global _fault_has_gil, _loadbuf_save
     _fault_failing = failing
     _fault_reported = reported
     _fault_speculative = speculative
+    _fault_buf_zeroed = buf_zeroed
     _fault_has_gil = has_gil
     _loadbuf_save = loadbuf_save
 

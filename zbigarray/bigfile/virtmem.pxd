@@ -111,6 +111,7 @@ cdef extern from "virtmem.h" nogil:
     void virt_fault_reported()
     int  virt_fault_failing()
     int  virt_fault_speculative()
+    int  virt_fault_buf_zeroed()
     int  virt_loadbuf_save(void *buf)
 
     # -------------------------------------- faults inside system calls

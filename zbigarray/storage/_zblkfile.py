@@ -30,9 +30,10 @@ from contextlib import AbstractContextManager, nullcontext
 from hashlib import blake2b
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from persistent import Persistent
 
-from zbigarray.bigfile import BigFile
+from zbigarray.bigfile import BigFile, loadblk_buf_zeroed
 from zbigarray.storage import _btree
 from zbigarray.storage._connlock import object_lock
 from zbigarray.storage._invalidation import BlkDeps
@@ -125,8 +126,20 @@ class ZBlkBigFile(BigFile):
                     self.uncommitted.overlay[blk] = off
                     raise
                 return
+            tries = 0
+
+            def read() -> tuple[Any, list[Persistent], list[Persistent]]:
+                nonlocal tries
+                if tries and loadblk_buf_zeroed(buf):
+                    # Loads leave alone what they would write zeros into
+                    # when the page's memory held only zeros (file_zodb's
+                    # _zero): make it so again after a try that failed.
+                    np.frombuffer(buf, np.uint8)[:] = 0
+                tries += 1
+                return self._read(blk, buf)
+
             zblk, path, data = retry_while_disconnected(
-                lambda: self._read(blk, buf), lambda: self._describe("loading", blk))
+                read, lambda: self._describe("loading", blk))
             digests = _chunk_digests(buf) if type(zblk) is ZBlk1 else None
             # Recorded before the connection is released: a transaction
             # boundary taken meanwhile (stale_blocks) must see this page,

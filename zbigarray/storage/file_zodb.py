@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import sys
 from collections.abc import Container
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +51,13 @@ _COPY_NOGIL_MIN = 1 << 16
 
 
 def _zero(buf: memoryview, start: int, stop: int) -> None:
-    np.frombuffer(buf, np.uint8)[start:stop] = 0
+    """buf[start:stop] = zeros, unless `buf` held only zeros as the load
+    began (:func:`zbigarray.bigfile.loadblk_buf_zeroed`): loads write each
+    byte at most once, so the range is still zero.  Without the extension
+    loaded (see above) no buffer is a page's."""
+    blkbuf = sys.modules.get("zbigarray.bigfile._blkbuf")
+    if blkbuf is None or not blkbuf.loadblk_buf_zeroed(buf):
+        np.frombuffer(buf, np.uint8)[start:stop] = 0
 
 
 def _copy(buf: memoryview, start: int, data: bytes | memoryview) -> None:

@@ -473,6 +473,14 @@ int virt_fault_speculative(void)
     return fault_speculative;
 }
 
+/* Set while loadblk runs into a prepared slot, all zeros (virtmem.h). */
+static __thread int    fault_buf_zeroed;
+
+int virt_fault_buf_zeroed(void)
+{
+    return fault_buf_zeroed;
+}
+
 /* Run loadblk for LOADING @page, unlocked, into memory no VMA shows (nobody
  * can see the page half-filled): a page whose slot has no memory yet loads
  * into a load buffer copied into the slot afterwards (loadbuf.c: the kernel
@@ -489,6 +497,7 @@ static int fault_load(Page *page, int speculative, const char **what)
     size_t    size = file->blksize;
     int       staged = page->fresh;
     int       was_speculative = fault_speculative;
+    int       was_zeroed = fault_buf_zeroed;
     void     *buf = NULL;
     int       own = 0, r, err;
     LoadDest  dest;
@@ -513,9 +522,11 @@ static int fault_load(Page *page, int speculative, const char **what)
     fault_nloading_mine++;
     if (speculative)
         fault_speculative = 1;
+    fault_buf_zeroed = prepared;
     fault_selfload_seen = 0;
     r = file->ops->loadblk(file, page->blk, buf);
     fault_speculative = was_speculative;
+    fault_buf_zeroed = was_zeroed;
     fault_nloading_mine--;
     err = virt__loadbuf_end(&dest, r);
     if (staged && r != VIRT_BUF_KEPT && r != VIRT_BUF_KEPT_EIO)

@@ -314,6 +314,12 @@ void virt_fault_reported(void);
  * a failure seen (Ctrl-C arriving during it) must make it seen itself. */
 int  virt_fault_speculative(void);
 
+/* Inside loadblk: whether its buffer holds only zeros as the call begins
+ * (memory the kernel allocated for this page and nothing wrote yet).  A
+ * loadblk may then leave alone what it would fill with zeros: a hole, the
+ * tail after a short record -- a memset of the whole block saved. */
+int  virt_fault_buf_zeroed(void);
+
 /* Whether this thread is failing (see virt_fault_error_fn). */
 int  virt_fault_failing(void);
 
