@@ -20,7 +20,7 @@ import transaction
 import ZODB
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ZODB.Connection import Connection
+from ZODB.Connection import Connection, TransactionMetaData
 from ZODB.FileStorage import FileStorage
 
 from zbigarray.bigfile import RAM, loadblk_buf_zeroed
@@ -184,23 +184,32 @@ def test_fast_path_reads_what_the_object_path_reads(kind: str, initial: Any, cha
     changed = {b: (_content(c), f) for b, (c, f) in changed.items()}
     written = {b: _content(c) for b, c in written.items()}
     want = _expected(initial, changed, order1, order2, written)
-    hits = []
-    real = _records.bytes_state_of
+    hits: list[str] = []
+    real_of, real_into = _records.bytes_state_of, _records.bytes_state_into
 
-    def counted(obj: Any) -> Any:
-        view = real(obj)
-        hits.append(view is not None)
+    def counted_of(obj: Any) -> Any:
+        view = real_of(obj)
+        if view is not None:
+            hits.append("of")
         return view
 
-    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(_records, "bytes_state_of",
-                                                                 counted):
+    def counted_into(obj: Any, buf: memoryview) -> Any:
+        n = real_into(obj, buf)
+        if n is not None:
+            hits.append("into")
+        return n
+
+    with tempfile.TemporaryDirectory() as tmp, \
+            mock.patch.object(_records, "bytes_state_of", counted_of), \
+            mock.patch.object(_records, "bytes_state_into", counted_into):
         db = _open(kind, tmp)
         try:
             fast = _scenario(db, initial, changed, order1, order2, written)
         finally:
             db.close()
-    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(_records, "bytes_state_of",
-                                                                 lambda obj: None):
+    with tempfile.TemporaryDirectory() as tmp, \
+            mock.patch.object(_records, "bytes_state_of", lambda obj: None), \
+            mock.patch.object(_records, "bytes_state_into", lambda obj, buf: None):
         db = _open(kind, tmp)
         try:
             slow = _scenario(db, initial, changed, order1, order2, written)
@@ -208,8 +217,11 @@ def test_fast_path_reads_what_the_object_path_reads(kind: str, initial: Any, cha
             db.close()
     assert fast == want, [i for i, (f, w) in enumerate(zip(fast, want)) if f != w]
     assert slow == want, [i for i, (f, w) in enumerate(zip(slow, want)) if f != w]
+    if any(any(d) for d, f in initial.values() if f == "ZBlk0"):
+        # FileStorage's ZBlk0 blocks are read by preadv, others from records.
+        assert ("into" if kind == "file" else "of") in hits
     if any(any(d) for d, _ in initial.values()):
-        assert any(hits)
+        assert hits
 
 
 # ------------------------------------------------------------ what takes the object path
@@ -268,6 +280,131 @@ def test_objects_outside_an_open_connection_take_the_object_path(one_block: Any)
     zblk._p_deactivate()
     conn.close()
     assert _records.bytes_state_of(zblk) is None        # closed: the object path says so
+
+
+# ------------------------------------------------------------ FileStorage, read by preadv
+
+@pytest.fixture
+def fs_block(tmp_path: Any) -> Iterator[tuple[ZODB.DB, Connection, ZBigFile]]:
+    """A FileStorage database, a connection, and its ZBigFile of one
+    committed block `FIRST`."""
+    db = ZODB.DB(FileStorage(str(tmp_path / "d.fs")))
+    conn = db.open()
+    conn.root()["f"] = zfile = ZBigFile(BLK)
+    zfile.storeblkdata(0, memoryview(FIRST))
+    transaction.commit()
+    yield db, conn, zfile
+    transaction.abort()
+    db.close()
+
+
+def _read_into(zblk: Any) -> tuple[int | None, bytes]:
+    zblk._p_deactivate()
+    buf = bytearray(BLK)
+    n = _records.bytes_state_into(zblk, memoryview(buf))
+    return n, bytes(buf)
+
+
+def test_filestorage_record_is_read_into_the_buffer_at_the_snapshot(fs_block: Any) -> None:
+    """The snapshot's revision, not the newest: another connection's commit
+    is seen only after this one's next transaction boundary."""
+    db, conn, zfile = fs_block
+    n, got = _read_into(zfile.blktab[0])
+    assert n == BLK and got == FIRST
+    tm = transaction.TransactionManager()
+    other = db.open(tm)
+    other.root()["f"].storeblkdata(0, memoryview(DATA + bytes(BLK - len(DATA))))
+    tm.commit()
+    n, got = _read_into(zfile.blktab[0])
+    assert n == BLK and got == FIRST                 # still our snapshot
+    transaction.abort()                             # a new one: the change
+    n, got = _read_into(zfile.blktab[0])
+    assert n == len(DATA) and got[:n] == DATA
+    other.close()
+
+
+def test_filestorage_back_pointers_and_other_records_take_the_object_path(
+        fs_block: Any) -> None:
+    """An undo leaves a record that points back at an older one; a record
+    pickled otherwise, or too big for the buffer, is not read by preadv:
+    None, and the object path reads it (or says what is wrong)."""
+    db, conn, zfile = fs_block
+    zblk = zfile.blktab[0]
+    zblk.data = DATA
+    transaction.commit()
+    undo = db.undoLog(0, 1)[0]["id"]
+    db.undo(undo)
+    transaction.commit()
+    transaction.abort()
+    assert _read_into(zblk)[0] is None               # a back pointer
+    buf = bytearray(BLK)
+    zfile.loadblkdata(0, memoryview(buf), [], [])
+    assert bytes(buf) == FIRST                       # the object path: undone
+    zblk._p_deactivate()
+    assert _records.bytes_state_into(zblk, memoryview(bytearray(BLK - 1))) is None
+    with pytest.raises(ValueError, match="do not fit"):
+        zblk._p_deactivate()
+        ZBlk0.loadblkdata(zblk, memoryview(bytearray(BLK - 1)), [])
+    # A record of protocol 2: no BINBYTES.
+    storage = db.storage
+    t = TransactionMetaData()
+    storage.tpc_begin(t)
+    storage.store(zblk._p_oid, storage.load(zblk._p_oid)[1],
+                  _records.classmeta(ZBlk0) + pickle.dumps(DATA, protocol=2), "", t)
+    storage.tpc_vote(t)
+    storage.tpc_finish(t)
+    transaction.abort()
+    assert _read_into(zblk)[0] is None
+    zblk._p_deactivate()
+    buf = bytearray(BLK)
+    zfile.loadblkdata(0, memoryview(buf), [], [])
+    assert bytes(buf) == DATA + bytes(BLK - len(DATA))
+
+
+def test_filestorage_reads_stay_right_while_it_packs(tmp_path: Any) -> None:
+    """Packing rewrites the file and moves every record; reads by preadv
+    hold a file of the storage's pool as loads do, so they never see a
+    record's old place in the new file.  Bounded: 2 s of packing."""
+    import threading
+    import time
+
+    nblk = 16
+    db = ZODB.DB(FileStorage(str(tmp_path / "d.fs")))
+    try:
+        conn = db.open()
+        conn.root()["f"] = zfile = ZBigFile(BLK)
+        for version in range(3):                     # old revisions to pack away
+            for blk in range(nblk):
+                zfile.storeblkdata(blk, memoryview(_content((BLK, blk * 10 + version, 0))))
+            transaction.commit()
+        want = [_content((BLK, blk * 10 + 2, 0)) for blk in range(nblk)]
+        stop = time.monotonic() + 2
+        errors: list[BaseException] = []
+
+        def packing() -> None:
+            try:
+                while time.monotonic() < stop:
+                    db.pack()
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        packer = threading.Thread(target=packing)
+        packer.start()
+        reads = 0
+        buf = bytearray(BLK)
+        while time.monotonic() < stop:
+            transaction.abort()
+            for blk in range(nblk):
+                zblk = zfile.blktab[blk]
+                zblk._p_deactivate()
+                zfile.loadblkdata(blk, memoryview(buf), [], [])
+                assert bytes(buf) == want[blk], blk
+                reads += 1
+        packer.join()
+        assert not errors and reads > nblk
+    finally:
+        transaction.abort()
+        db.close()
 
 
 @pytest.mark.parametrize("fmt", ["ZBlk0", "ZBlk1"])

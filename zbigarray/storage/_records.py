@@ -12,7 +12,9 @@ The state of a :class:`~zbigarray.storage.file_zodb.ZBlk0` or
 fixed class pickle, then ``PROTO``, one ``BINBYTES`` opcode with its length,
 the raw bytes, a memo put and ``STOP``.  :func:`bytes_state_of` reads the
 record exactly as the connection would, and hands out a view of the bytes
-inside it, which the caller copies straight into the page.
+inside it, which the caller copies straight into the page;
+:func:`bytes_state_into` has the kernel copy them from a FileStorage's file
+into the page, with no record in memory at all.
 
 When this is the same as the object path, and when it is not:
 
@@ -36,14 +38,23 @@ When this is the same as the object path, and when it is not:
 
 from __future__ import annotations
 
+import os
 import pickletools
 from collections.abc import Iterable
+from typing import Any
 
 from persistent import Persistent
+from ZODB.FileStorage import FileStorage as _FileStorage
+from ZODB.FileStorage.format import DATA_HDR_LEN as _DATA_HDR_LEN
+from ZODB.mvccadapter import MVCCAdapterInstance as _MVCCAdapterInstance
 
 _PROTO, _FRAME, _STOP = 0x80, 0x95, ord(".")
 _BINBYTES, _SHORT_BINBYTES, _BINBYTES8 = ord("B"), ord("C"), 0x8E
 _BINPUT, _LONG_BINPUT, _MEMOIZE = ord("q"), ord("r"), 0x94
+
+# What follows the class pickle up to a bytes' data at most: PROTO, FRAME
+# with its length, BINBYTES8 with its length.
+_HEAD_MORE = 2 + 9 + 9
 
 _classmeta: dict[type, bytes] = {}
 
@@ -65,6 +76,45 @@ def classmeta(cls: type) -> bytes:
     return meta
 
 
+def _state_span(head: memoryview, meta: bytes) -> tuple[int, int] | None:
+    """Where the one ``bytes`` of a record starting with `head` is: (offset,
+    length), or None if `head` (enough of the record: the class pickle
+    `meta` and 20 bytes more) starts anything else."""
+    i = len(meta)
+    end = len(head)
+    if head[:i] != meta:
+        return None
+    if end < i + 3 or head[i] != _PROTO:
+        return None
+    i += 2
+    if head[i] == _FRAME:
+        i += 9
+        if i >= end:
+            return None
+    op = head[i]
+    if op == _BINBYTES and i + 5 <= end:
+        return i + 5, int.from_bytes(head[i + 1:i + 5], "little")
+    if op == _SHORT_BINBYTES and i + 2 <= end:
+        return i + 2, head[i + 1]
+    if op == _BINBYTES8 and i + 9 <= end:
+        return i + 9, int.from_bytes(head[i + 1:i + 9], "little")
+    return None
+
+
+def _tail_ok(tail: memoryview) -> bool:
+    """Whether `tail`, what follows the ``bytes``, is a memo put and ``STOP``."""
+    i = 0
+    if len(tail) > 1:
+        op = tail[0]
+        if op == _BINPUT:
+            i = 2
+        elif op == _LONG_BINPUT:
+            i = 5
+        elif op == _MEMOIZE:
+            i = 1
+    return i == len(tail) - 1 and tail[i] == _STOP
+
+
 def bytes_state(record: bytes | memoryview, meta: bytes) -> memoryview | None:
     """A view of the ``bytes`` pickled as the state of `record`, or None.
 
@@ -73,37 +123,11 @@ def bytes_state(record: bytes | memoryview, meta: bytes) -> memoryview | None:
     caller unpickles it instead).
     """
     record = memoryview(record)     # RelStorage may hand out a buffer
-    i = len(meta)
-    end = len(record)
-    if record[:i] != meta:
+    span = _state_span(record[:len(meta) + _HEAD_MORE], meta)
+    if span is None:
         return None
-    if end < i + 3 or record[i] != _PROTO:
-        return None
-    i += 2
-    if record[i] == _FRAME:
-        i += 9
-        if i >= end:
-            return None
-    op = record[i]
-    if op == _BINBYTES:
-        n, i = int.from_bytes(record[i + 1:i + 5], "little"), i + 5
-    elif op == _SHORT_BINBYTES:
-        n, i = record[i + 1], i + 2
-    elif op == _BINBYTES8:
-        n, i = int.from_bytes(record[i + 1:i + 9], "little"), i + 9
-    else:
-        return None
-    start = i
-    i += n
-    if i < end:
-        op = record[i]
-        if op == _BINPUT:
-            i += 2
-        elif op == _LONG_BINPUT:
-            i += 5
-        elif op == _MEMOIZE:
-            i += 1
-    if i != end - 1 or record[i] != _STOP:
+    start, n = span
+    if start + n >= len(record) or not _tail_ok(record[start + n:]):
         return None
     return record[start:start + n]
 
@@ -129,6 +153,63 @@ def bytes_state_of(obj: Persistent) -> memoryview | None:
         return None
     record, _ = jar._storage.load(oid)
     return bytes_state(record, classmeta(type(obj)))
+
+
+def bytes_state_into(obj: Persistent, buf: memoryview) -> int | None:
+    """Read the ``bytes`` ghost `obj` would unpickle to straight into `buf`
+    from its FileStorage record; return its length, or None: read it with
+    :func:`bytes_state_of` instead (another storage, a record in another
+    form, too long for `buf`).
+
+    A ``storage.load`` reads a 2 MiB record into a new ``bytes``, which is
+    then copied into the page: here the kernel copies it from its page
+    cache into the page (``preadv``), one copy and no ``bytes``, ≈ 7 % of a
+    cold read.  It reads what ``load`` would: the connection's storage view
+    is ZODB's MVCC adapter over a plain ``FileStorage``, and this walks the
+    object's revisions as ``FileStorage.loadBefore`` does for the adapter's
+    snapshot, holding a file of the storage's pool meanwhile, as
+    ``loadBefore`` does (a pack swaps the file only once every file is
+    back).  A record that is a back pointer (left by an undo), a snapshot
+    the object did not exist in, a savepoint's storage: None, and the
+    object path answers.  Same preconditions as :func:`bytes_state_of`.
+    """
+    jar = obj._p_jar
+    oid = obj._p_oid
+    if jar is None or oid is None or obj._p_status != "ghost" or jar.opened is None:
+        return None
+    view = jar._storage
+    fs: Any = getattr(view, "_storage", None)
+    if type(view) is not _MVCCAdapterInstance or type(fs) is not _FileStorage:
+        return None
+    meta = classmeta(type(obj))
+    with fs._files.get() as file:
+        pos = fs._lookup_pos(oid)
+        while True:
+            h = fs._read_data_header(pos, oid, file)
+            if h.tid < view._start:
+                break
+            pos = h.prev
+            if not pos:
+                return None
+        if not h.plen:
+            return None
+        fd = file.fileno()
+        data = pos + _DATA_HDR_LEN
+        span = _state_span(memoryview(os.pread(fd, min(h.plen, len(meta) + _HEAD_MORE), data)),
+                           meta)
+        if span is None:
+            return None
+        start, n = span
+        if n > len(buf) or start + n >= h.plen or not _tail_ok(
+                memoryview(os.pread(fd, h.plen - start - n, data + start + n))):
+            return None
+        done = 0
+        while done < n:
+            got = os.preadv(fd, [buf[done:n]], data + start + done)
+            if got <= 0:
+                return None     # the file is shorter: load says how it fails
+            done += got
+    return n
 
 
 def prefetch(objs: Iterable[Persistent]) -> None:

@@ -117,14 +117,16 @@ class ZBlk0(_BytesState):
         method looked up on a ghost loads it.
         """
         deps.append(self)
-        data: bytes | memoryview | None = _records.bytes_state_of(self)
-        if data is None:
-            data = self.data
-        n = len(data)
-        if n > len(buf):
-            raise ValueError(f"ZBlk0 {self._p_oid!r}: {n} bytes of data do not "
-                             f"fit a block of {len(buf)} bytes")
-        _copy(buf, 0, data)
+        n = _records.bytes_state_into(self, buf)
+        if n is None:
+            data: bytes | memoryview | None = _records.bytes_state_of(self)
+            if data is None:
+                data = self.data
+            n = len(data)
+            if n > len(buf):
+                raise ValueError(f"ZBlk0 {self._p_oid!r}: {n} bytes of data do not "
+                                 f"fit a block of {len(buf)} bytes")
+            _copy(buf, 0, data)
         _zero(buf, n, len(buf))
 
     def blkdeps(self, deps: list[Persistent]) -> None:
