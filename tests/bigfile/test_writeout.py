@@ -292,3 +292,26 @@ def scenario_core_calls_from_storeblk() -> None:
 @pytest.mark.subprocess
 def test_core_calls_from_storeblk_do_not_deadlock() -> None:
     run_in_child(scenario_core_calls_from_storeblk)
+
+
+def test_page_bytes_is_the_page_as_it_is_without_trailing_zeros() -> None:
+    """page_bytes: the page, dirty or clean, its trailing zero bytes left
+    out; None for a block with no page; nothing loaded for it."""
+    f = MemFile(BLKSIZE, fill=fill_pattern)
+    with f.fileh_open() as fileh:
+        a = np.frombuffer(fileh.mmap(0, 4), np.uint64)
+        assert fileh.page_bytes(1) is None
+        assert f.loads[1] == 0
+        assert a[WORDS] == pattern(1, BLKSIZE)[0]
+        assert fileh.page_bytes(1) == pattern(1, BLKSIZE).tobytes().rstrip(b"\0")
+        a[WORDS:2 * WORDS] = 0
+        a[WORDS + 3] = 0x0102
+        assert fileh.page_bytes(1) == bytes(24) + b"\x02\x01"
+        a[WORDS + 3] = 0
+        assert fileh.page_bytes(1) == b""
+        assert f.loads[1] == 1
+        with pytest.raises(ValueError):
+            fileh.page_bytes(-1)
+        del a
+    with pytest.raises(ValueError):
+        fileh.page_bytes(1)

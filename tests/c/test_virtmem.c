@@ -529,6 +529,50 @@ TEST(invalidate_reloads)
     fixture_close(&f);
 }
 
+/* Bytes of @b[0..n) before its trailing zero bytes. */
+static size_t nonzero_len(const unsigned char *b, size_t n)
+{
+    while (n > 0 && b[n - 1] == 0)
+        n--;
+    return n;
+}
+
+/* fileh_page_read copies a page as it is now, dirty or clean, without
+ * loading or faulting anything, and tells its length without trailing
+ * zeros; a block without a page is -ENOENT. */
+TEST(page_read_copies_a_page_as_it_is)
+{
+    Fixture f;
+    VMA *vma;
+    unsigned char *p, *dst = malloc(PS), *want = malloc(PS);
+
+    CHECK(dst != NULL && want != NULL);
+    fixture_open(&f, PS, 8, 8 * PS);
+    p = fixture_mmap(&f, 0, 8, &vma);
+    CHECK_ERR(fileh_page_read(f.fileh, 2, dst), -ENOENT);     /* never loaded */
+    CHECK_EQ(testfile_nload(&f.tf, 2), 0);
+    testfile_check_block(&f.tf, p + 2 * PS, 2);
+    testfile_fill(want, PS, 2, 0);
+    CHECK_EQ(fileh_page_read(f.fileh, 2, dst), (ssize_t)nonzero_len(want, PS));
+    CHECK(memcmp(dst, want, PS) == 0);                         /* clean */
+    poke(p + 2 * PS, 5, 0xabcdef);                             /* dirty */
+    memset(p + 2 * PS + PS / 2, 0, PS / 2);                    /* zeros after */
+    CHECK_EQ(fileh_page_read(f.fileh, 2, dst), (ssize_t)nonzero_len(p + 2 * PS, PS));
+    CHECK(memcmp(dst, p + 2 * PS, PS) == 0);
+    CHECK_EQ(peek(dst, 5), 0xabcdef);
+    memset(p + 2 * PS, 0, PS);
+    p[2 * PS + 3] = 1;
+    CHECK_EQ(fileh_page_read(f.fileh, 2, dst), 4);            /* byte-exact */
+    memset(p + 2 * PS, 0, PS);
+    CHECK_EQ(fileh_page_read(f.fileh, 2, dst), 0);            /* all zeros */
+    CHECK_EQ(testfile_nload(&f.tf, 2), 1);                     /* loaded nothing */
+    CHECK_OK(fileh_invalidate_page(f.fileh, 2));
+    CHECK_ERR(fileh_page_read(f.fileh, 2, dst), -ENOENT);     /* dropped */
+    fixture_close(&f);
+    free(dst);
+    free(want);
+}
+
 /* Invalidating a dirty page drops it with its changes (the file changed
  * under it: the newer file content wins), and it is no longer dirty. */
 TEST(invalidate_drops_a_dirty_page)

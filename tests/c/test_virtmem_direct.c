@@ -121,6 +121,33 @@ TEST(direct_reads_map_the_file_without_loadblk)
     close(f.fd);
 }
 
+/* fileh_page_read of a direct page reads the backend's file, where the
+ * page's memory is. */
+TEST(direct_page_read_reads_the_file)
+{
+    OSFile f;
+    RAM *ram;
+    BigFileH *fh;
+    VMA *vma;
+
+    osfile_open(&f, 2 * PS, 8);
+    CHECK_OK(ram_new(&ram, 64 * PS));
+    CHECK_OK(fileh_open(&fh, &f.file, ram));
+    CHECK_OK(fileh_mmap(&vma, fh, 0, 8));
+    unsigned char *p = (unsigned char *)vma_addr_start(vma);
+    CHECK_EQ(peek(p + 3 * 2 * PS), 4);
+    unsigned char *dst = malloc(2 * PS);
+    CHECK(dst != NULL);
+    CHECK_EQ(fileh_page_read(fh, 3, dst), (ssize_t)(2 * PS));
+    for (size_t i = 0; i < 2 * PS; i++)
+        CHECK_EQ(dst[i], 4);
+    CHECK_EQ(atomic_load(&f.nload), 0);
+    free(dst);
+    fileh_close(fh);
+    ram_decref(ram);
+    close(f.fd);
+}
+
 TEST(direct_first_write_loads_the_block_into_ram_for_every_vma)
 {
     OSFile f;

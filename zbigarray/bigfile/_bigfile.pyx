@@ -15,9 +15,10 @@ handle or mapping.
 """
 
 cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport PyObject, Py_DECREF, Py_INCREF
-from libc.errno cimport EBUSY, EINVAL, EOVERFLOW
+from libc.errno cimport EBUSY, EINVAL, ENOENT, EOVERFLOW
 from libc.stdint cimport SIZE_MAX, uint64_t
 
 from zbigarray.bigfile cimport virtmem as virt
@@ -631,6 +632,31 @@ cdef class BigFileH:
     def isdirty(self):
         """Whether any page was written since the last writeout or discard."""
         return bool(virt.fileh_isdirty(self._handle("isdirty()")))
+
+    def page_bytes(self, pgoffset):
+        """The page of block `pgoffset` as it is now (dirty or clean), its
+        trailing zero bytes left out; None if the block has no page (never
+        loaded, dropped, or loading).  Loads nothing and faults nothing: the
+        bytes are read from the page's memory by the kernel.
+
+        Raises
+        ------
+        ValueError
+            The handle is closed, or `pgoffset` is negative.
+        """
+        what = f"page_bytes(pgoffset={pgoffset!r})"
+        cdef virt.BigFileH *c = self._handle(what)
+        cdef virt.blk_t blk = _u64(pgoffset, "pgoffset", what)
+        cdef Py_ssize_t size = self.file.blksize
+        data = PyBytes_FromStringAndSize(NULL, size)
+        cdef char *dst = PyBytes_AS_STRING(data)
+        cdef Py_ssize_t n
+        with nogil:
+            n = virt.fileh_page_read(c, blk, dst)
+        if n == -ENOENT:
+            return None
+        _check(<int>n if n < 0 else 0, what)
+        return data[:n] if n < size else data
 
     def invalidate_page(self, pgoffset):
         """Block `pgoffset` changed in the file: drop its page (a load in

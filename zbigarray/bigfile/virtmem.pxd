@@ -77,6 +77,7 @@ cdef extern from "virtmem.h" nogil:
     int fileh_dirty_discard(BigFileH *fileh)
     int fileh_invalidate_page(BigFileH *fileh, blk_t pgoffset)
     int fileh_isdirty(BigFileH *fileh)
+    Py_ssize_t fileh_page_read(BigFileH *fileh, blk_t blk, void *dst) nogil
     int fileh_fault_failed(BigFileH *fileh)
 
     ctypedef struct FileHStats:

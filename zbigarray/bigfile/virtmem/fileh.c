@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 #include "virtmem_int.h"
 
@@ -318,6 +319,51 @@ int fileh_invalidate_page(BigFileH *fileh, blk_t pgoffset)
     }
     virt_unlock();
     return err;
+}
+
+ssize_t fileh_page_read(BigFileH *fileh, blk_t blk, void *dst)
+{
+    size_t size = fileh->file->blksize, done = 0;
+    ssize_t r = 0;
+
+    /* Read with the lock held: nothing drops or reuses the page meanwhile,
+     * and a write to it through a mapping cannot tear what is read only if
+     * the writer is the caller's own thread (others race as with any
+     * reader of shared memory).  From the memfd (or the backend's file):
+     * no mapping, no fault. */
+    virt_lock();
+    Page *page = fileh->closed ? NULL : pagemap_get(&fileh->pagemap, blk);
+    if (fileh->closed) {
+        r = -EBADF;
+    } else if (!page || page->state == PAGE_LOADING) {
+        r = -ENOENT;
+    } else {
+        int fd = page->state == PAGE_DIRECT ? page->direct_fd : fileh->ram->memfd;
+        uint64_t off = page->state == PAGE_DIRECT ? page->direct_off : page->ram_off;
+        while (done < size) {
+            ssize_t n = pread(fd, (char *)dst + done, size - done, (off_t)(off + done));
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0) {
+                r = n < 0 ? -errno : -EIO;
+                break;
+            }
+            done += (size_t)n;
+        }
+    }
+    virt_unlock();
+    if (r < 0)
+        return r;
+    /* Trailing zeros, a word at a time (size is a multiple of the page size). */
+    const uint64_t *w = dst;
+    size_t nw = size / sizeof *w;
+    while (nw > 0 && w[nw - 1] == 0)
+        nw--;
+    size_t n = nw * sizeof *w;
+    const unsigned char *b = dst;
+    while (n > 0 && b[n - 1] == 0)
+        n--;
+    return (ssize_t)n;
 }
 
 int fileh_fault_failed(BigFileH *fileh)

@@ -234,6 +234,14 @@ int  fileh_invalidate_page(BigFileH *fileh, blk_t pgoffset);
 
 int  fileh_isdirty(BigFileH *fileh);
 
+/* Copy the page of block @blk as it is now (dirty or clean) into @dst, the
+ * block's size; @dst must not be memory of a VMA of ours.  Returns how many
+ * bytes of it there are before its trailing zero bytes; -ENOENT if @blk has
+ * no page (never loaded, dropped, or still loading), -EBADF if @fileh is
+ * closed, -errno of the read.  For a writer that wants a dirty block's
+ * bytes later than its storeblk (the ZODB layer pickles them at commit). */
+ssize_t fileh_page_read(BigFileH *fileh, blk_t blk, void *dst);
+
 typedef struct FileHStats {
     size_t   npages;      /* pages held (any state) */
     size_t   ndirty;
