@@ -244,3 +244,40 @@ def test_dask_store(tmp_path: Path, lock: bool) -> None:
     assert r["bad"] == [], f"wrong data in slices starting at {r['bad'][:10]}"
     assert w["hwm_growth"] <= BOUND, \
         f"peak memory grew by {w['hwm_growth'] / MiB:.0f} MiB by the end of the transaction"
+
+
+def test_commit_keeps_no_copy_of_the_dirty_pages(tmp_path: Path) -> None:
+    """A commit of 256 MiB of dirty pages (all in RAM) adds little to the
+    process's peak memory: new ZBlk0 objects read their page when ZODB
+    pickles them, one at a time, instead of each holding a copy from the
+    store to the end of the commit (which added the whole 256 MiB)."""
+    code = f"""
+        import json
+        import numpy as np, transaction
+        from zbigarray import ZBigArray, open_db
+
+        def vmhwm():
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024
+
+        db = open_db({str(tmp_path / "d.fs")!r})
+        root = db.open().root()
+        n = (256 << 20) // 8
+        root["A"] = A = ZBigArray((n,), np.float64)
+        transaction.commit()
+        for lo in range(0, n, (16 << 20) // 8):     # no big temporary
+            A[lo:lo + (16 << 20) // 8] = np.arange(lo, lo + (16 << 20) // 8, dtype=np.float64)
+        before = vmhwm()
+        transaction.commit()
+        grown = vmhwm() - before
+        s = float(db.open(transaction.TransactionManager()).root()["A"][:].sum())
+        print(json.dumps({{"grown": grown, "sum": s}}))
+    """
+    r = run_python(code, env={"ZBIGARRAY_RAM_MAX": "1G"}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    n = (256 * MiB) // 8
+    assert out["sum"] == float(n * (n - 1) // 2)
+    assert out["grown"] < 64 * MiB, out

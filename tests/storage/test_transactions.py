@@ -301,3 +301,60 @@ def test_two_handles_of_one_file_in_one_connection_stay_coherent(db) -> None:
     transaction.commit()
     assert view[7] == 2.0
     other.close()
+
+
+def test_new_blocks_read_their_pages_when_pickled(db) -> None:
+    """Between the store and the pickling, a new ZBlk0 holds no copy of its
+    page but reads as its page; a store again (a spill) makes it hold a
+    copy; a failed commit after the store leaves nothing behind."""
+    from zbigarray.storage.file_zodb import ZBlk0
+
+    a = _new(db)
+    seen: list[tuple[bool, bytes]] = []
+
+    def after_store() -> None:
+        zblk = a.zfile.blktab[1]
+        seen.append((zblk._v_later is not None, zblk.data))
+        buf = np.full(BLKSIZE // 8, 7.0).view(np.uint8)
+        assert zblk.setblkdata(memoryview(buf))
+        seen.append((zblk._v_later is not None, zblk.data))
+
+    with _fmt_zblk0():
+        a[BLKSIZE // 8:2 * BLKSIZE // 8] = 3.0
+        transaction.get().addBeforeCommitHook(after_store)   # runs after the store
+        transaction.commit()
+    want3 = np.full(BLKSIZE // 8, 3.0).tobytes()
+    want7 = np.full(BLKSIZE // 8, 7.0).tobytes()
+    assert seen == [(True, want3), (False, want7)]
+    assert isinstance(a.zfile.blktab[1], ZBlk0)
+    got = _committed(db)
+    assert (got[BLKSIZE // 8:2 * BLKSIZE // 8] == 7.0).all()   # the copy, as set
+
+    with _fmt_zblk0():
+        a[2 * BLKSIZE // 8:3 * BLKSIZE // 8] = 4.0
+        transaction.get().join(_FailingDM())
+        with pytest.raises(RuntimeError, match="vote failed"):
+            transaction.commit()
+        transaction.abort()
+    assert (a[2 * BLKSIZE // 8:3 * BLKSIZE // 8] == 0).all()
+    assert (_committed(db)[2 * BLKSIZE // 8:3 * BLKSIZE // 8] == 0).all()
+
+
+def test_handle_closed_during_the_commit_fails_it(db) -> None:
+    """A new block's page gone before ZODB pickles it (the handle closed by
+    a hook): the commit fails, naming the block, rather than store
+    anything else; the database keeps what it had."""
+    a = _new(db)
+    with _fmt_zblk0():
+        a[BLKSIZE // 8] = 5.0
+        transaction.get().addBeforeCommitHook(lambda: a._fileh.close())
+        with pytest.raises(RuntimeError, match="block 1 .*page is gone"):
+            transaction.commit()
+        transaction.abort()
+    assert (_committed(db) == 0).all()
+
+
+def _fmt_zblk0():
+    from unittest import mock
+
+    return mock.patch.dict("os.environ", {"ZBIGARRAY_ZBLK_FMT": "ZBlk0"})

@@ -415,7 +415,11 @@ class FileHDataManager:
                 file.storeblk(blk, buf)
             file.uncommitted.overlay.clear()
         if not self.fileh.closed and self.fileh.isdirty():
-            self.fileh.dirty_writeout(WRITEOUT_STORE)
+            file.storing_for_commit = True
+            try:
+                self.fileh.dirty_writeout(WRITEOUT_STORE)
+            finally:
+                file.storing_for_commit = False
 
     def invalidate(self, changed: frozenset[bytes] | None) -> None:
         """Drop the pages that oids `changed` by others make stale (None: all)."""

@@ -26,6 +26,7 @@ that thread's transaction (see
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from hashlib import blake2b
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from persistent import Persistent
 
-from zbigarray.bigfile import BigFile, loadblk_buf_zeroed
+from zbigarray.bigfile import BigFile, BigFileH, loadblk_buf_zeroed
 from zbigarray.storage import _btree
 from zbigarray.storage._connlock import object_lock
 from zbigarray.storage._invalidation import BlkDeps
@@ -50,6 +51,25 @@ def _chunk_digests(buf: memoryview) -> list[bytes]:
     """A 128-bit BLAKE2b digest of each ZBlk1 chunk of `buf`."""
     return [blake2b(buf[off:off + ZBLK1_CHUNKSIZE], digest_size=16).digest()
             for off in range(0, len(buf), ZBLK1_CHUNKSIZE)]
+
+
+class _PageBytes:
+    """Block `blk`'s bytes as its page holds them now, for a block object
+    pickled after the store (:meth:`ZBlk0.setblkdata_later`).  The page is
+    dirty until the commit ends; if it is gone all the same (the handle
+    closed meanwhile), the commit fails rather than store something else."""
+
+    def __init__(self, fileh: BigFileH, blk: int, describe: Callable[[str, int], str]) -> None:
+        self.fileh = fileh
+        self.blk = blk
+        self.describe = describe
+
+    def __call__(self) -> bytes:
+        data = None if self.fileh.closed else self.fileh.page_bytes(self.blk)
+        if data is None:
+            raise RuntimeError(f"{self.describe('committing', self.blk)}: its page is gone "
+                               "(the handle was closed during the commit)")
+        return data
 
 
 class ZBlkBigFile(BigFile):
@@ -75,6 +95,9 @@ class ZBlkBigFile(BigFile):
         self.snapshot: dict[int, int] | None = None
         # While a spill runs: the block objects it stored.
         self._spilled: list[Persistent] | None = None
+        # While the commit stores the handle's dirty pages (FileHDataManager
+        # ._store): new ZBlk0 objects read their page when pickled.
+        self.storing_for_commit = False
         self.dm: FileHDataManager | None = None
         # The sequential run of loads; used under the connection's lock.
         self._readahead = Readahead(zfile.blksize)
@@ -200,8 +223,11 @@ class ZBlkBigFile(BigFile):
             # Storing reads the block objects it changes: ride through a
             # reconnect as loads do (storing again after a failure part-way
             # is idempotent).
+            later = None
+            if self.storing_for_commit and self._spilled is None and self.dm is not None:
+                later = _PageBytes(self.dm.fileh, blk, self._describe)
             zblk = self.stored[blk] = retry_while_disconnected(
-                lambda: self.zfile.storeblkdata(blk, buf, unchanged),
+                lambda: self.zfile.storeblkdata(blk, buf, unchanged, later),
                 lambda: self._describe("storing", blk))
             self.uncommitted.note_stored(blk)
             if zblk is not None and self._spilled is not None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import mmap
 import os
 import sys
-from collections.abc import Container
+from collections.abc import Callable, Container
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -60,6 +60,13 @@ def _zero(buf: memoryview, start: int, stop: int) -> None:
         np.frombuffer(buf, np.uint8)[start:stop] = 0
 
 
+def _nonzero(buf: memoryview) -> bool:
+    """Whether `buf` holds a byte that is not zero (its last word first:
+    data seldom ends in zeros)."""
+    a = np.frombuffer(buf, np.uint8)
+    return bool(a[-8:].any() or a.any())
+
+
 def _copy(buf: memoryview, start: int, data: bytes | memoryview) -> None:
     """buf[start:start+len(data)] = data.  A big copy goes through NumPy,
     which releases the GIL meanwhile (a memoryview assignment holds it):
@@ -76,6 +83,8 @@ class _BytesState(Persistent):
 
     Not stored itself (databases record only the concrete classes below).
     """
+
+    data: bytes
 
     def __init__(self, data: bytes = b"") -> None:
         self.data = data
@@ -103,11 +112,47 @@ class ZBlk0(_BytesState):
     One object load per block: the fastest to read; any change rewrites the
     whole block.
 
+    A new block object written at commit holds no copy of its bytes: it
+    reads them from the page when ZODB pickles it (:meth:`setblkdata_later`).
+
     Parameters
     ----------
     data
         The block's bytes, trailing zeros already stripped.
     """
+
+    _v_later: Callable[[], bytes] | None = None
+
+    @property
+    def data(self) -> bytes:
+        """The block's bytes, trailing zeros stripped."""
+        later = self._v_later
+        return later() if later is not None else self._data
+
+    @data.setter
+    def data(self, value: bytes) -> None:
+        self._data = value
+        self._v_later = None
+
+    def setblkdata_later(self, buf: memoryview, later: Callable[[], bytes]) -> bool:
+        """Make this new object hold `buf`'s bytes as `later()` gives them
+        when read; return False if `buf` is all zeros (then nothing is held).
+
+        A commit stores its dirty pages into block objects before ZODB
+        pickles any: a copy of each, made then, would hold as much memory
+        again as the pages until the commit ends, all of it new memory the
+        kernel must provide.  Read at pickling instead, one block's bytes
+        live at a time, in memory the allocator reuses.  `later` must give
+        the bytes `buf` holds now for as long as the object may be pickled:
+        the page stays dirty until the commit is done, and anything that
+        stores it again before (a spill) makes this object hold a copy
+        (:meth:`setblkdata`).
+        """
+        if not _nonzero(buf):
+            return False
+        self._v_later = later
+        self._p_changed = True
+        return True
 
     def loadblkdata(self, buf: memoryview, deps: list[Persistent]) -> None:
         """Fill `buf` with the block; append the objects read to `deps`.
@@ -144,8 +189,9 @@ class ZBlk0(_BytesState):
         """
         data = bytes(buf).rstrip(b"\0")
         # Assigning an equal value would still mark the object changed, and
-        # the commit would rewrite it.
-        if self.data != data:
+        # the commit would rewrite it.  One holding its bytes for later holds
+        # a copy from now on: its page may go once stored again.
+        if self._v_later is not None or self.data != data:
             self.data = data
         return bool(data)
 
@@ -345,14 +391,17 @@ class ZBigFile(Persistent):
             type(zblk).blkdeps(zblk, deps)
         return zblk
 
-    def storeblkdata(self, blk: int, buf: memoryview, unchanged: Container[int] = ()) -> Any:
+    def storeblkdata(self, blk: int, buf: memoryview, unchanged: Container[int] = (),
+                     later: Callable[[], bytes] | None = None) -> Any:
         """Save `buf` as block `blk`; return its block object (None: hole).
 
         Written in the format :func:`zblk_writer_format` names; an existing
         block of the other format is replaced.  An all-zero block becomes a
         hole: it stores nothing.  `unchanged`: offsets of ZBlk1 chunks known
         to be stored as they are in `buf` already (see
-        :meth:`ZBlk1.setblkdata`).
+        :meth:`ZBlk1.setblkdata`).  `later`: gives `buf`'s bytes when a new
+        ZBlk0 is pickled (:meth:`ZBlk0.setblkdata_later`), so that none is
+        copied now.
         """
         fmt = self._zblk_classes[zblk_writer_format()]
         zblk = self.blktab.get(blk)
@@ -361,7 +410,8 @@ class ZBigFile(Persistent):
                 return zblk
         else:
             new = fmt()
-            if new.setblkdata(buf):
+            if (new.setblkdata_later(buf, later) if later is not None and isinstance(new, ZBlk0)
+                    else new.setblkdata(buf)):
                 self.blktab[blk] = new
                 return new
         if zblk is not None:
