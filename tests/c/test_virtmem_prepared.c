@@ -60,14 +60,14 @@ static void check_bounds(Fixture *f)
     CHECK_EQ(st.prepared % BS, 0);
 }
 
-/* The preparer works on its own: wait (at most 5 s) until the RAM has
- * some bytes prepared (@some), or none (a slot being prepared when they
- * were given back goes when done).  Returns its stats then. */
-static RAMStats wait_prepared(Fixture *f, int some)
+/* The preparer works on its own: wait (at most 5 s) until the RAM has at
+ * least @lo and at most @hi bytes prepared (none: a slot being prepared
+ * when they were given back goes when done).  Returns its stats then. */
+static RAMStats wait_prepared(Fixture *f, size_t lo, size_t hi)
 {
     struct timespec nap = { 0, 1000000 };
     RAMStats st = fixture_ram_stats(f);
-    for (int i = 0; i < 5000 && (st.prepared != 0) != some; i++) {
+    for (int i = 0; i < 5000 && (st.prepared < lo || st.prepared > hi); i++) {
         nanosleep(&nap, NULL);
         st = fixture_ram_stats(f);
     }
@@ -80,7 +80,7 @@ static unsigned char *open_scanned(Fixture *f, blk_t n)
     unsigned char *p = prepared_open(f, NRAM * BS);
     for (blk_t blk = 0; blk < n; blk++)
         testfile_check_block(&f->tf, p + blk * BS, blk);
-    CHECK(wait_prepared(f, 1).prepared >= BS);
+    CHECK(wait_prepared(f, BS, SIZE_MAX).prepared >= BS);
     return p;
 }
 
@@ -120,13 +120,9 @@ static void burst(void *arg)
     (void)arg;
     unsigned char *p = prepared_open(&f, (size_t)1 << 30);
     testfile_check_block(&f.tf, p, 0);
-    struct timespec nap = { 0, 1000000 };
-    RAMStats st = fixture_ram_stats(&f);
-    for (int i = 0; i < 5000 && st.prepared < 32 * BS; i++) {
-        nanosleep(&nap, NULL);
-        st = fixture_ram_stats(&f);
-    }
+    RAMStats st = wait_prepared(&f, 32 * BS, SIZE_MAX);
     CHECK_EQ(st.prepared, 32 * BS);
+    struct timespec nap = { 0, 10000000 };
     nanosleep(&nap, NULL);
     check_bounds(&f);                   /* and no more */
     for (blk_t blk = 1; blk < NBLK; blk++) {
@@ -210,16 +206,16 @@ static void give_back(void *arg)
     (void)arg;
     unsigned char *p = open_scanned(&f, NBLK / 2);
     CHECK_EQ(ram_reclaim(f.ram, 0), 0);
-    RAMStats st = wait_prepared(&f, 0);
+    RAMStats st = wait_prepared(&f, 0, 0);
     CHECK_EQ(st.prepared, 0);
     CHECK_EQ(st.npages, NBLK / 2);
 
     for (blk_t blk = NBLK / 2; blk < NBLK; blk++)
         testfile_check_block(&f.tf, p + blk * BS, blk);
-    CHECK(wait_prepared(&f, 1).prepared >= BS);
+    CHECK(wait_prepared(&f, BS, SIZE_MAX).prepared >= BS);
     for (blk_t blk = 0; blk < NBLK; blk++)
         CHECK_OK(fileh_invalidate_page(f.fileh, blk));      /* drops every page */
-    st = wait_prepared(&f, 0);
+    st = wait_prepared(&f, 0, 0);
     CHECK_EQ(st.npages, 0);
     CHECK_EQ(st.prepared, 0);
     CHECK_EQ(st.used, 0);
@@ -272,7 +268,7 @@ static void shrink(void *arg)
     CHECK_OK(ram_set_capacity(f.ram, 8 * BS));
     RAMStats st = fixture_ram_stats(&f);
     CHECK_EQ(st.npages, 8);             /* no page went for them */
-    st = wait_prepared(&f, 0);
+    st = wait_prepared(&f, 0, 0);
     CHECK_EQ(st.prepared, 0);
     CHECK_EQ(st.npages, 8);
     for (blk_t blk = 0; blk < 8; blk++) {
