@@ -544,9 +544,9 @@ TEST(page_read_copies_a_page_as_it_is)
 {
     Fixture f;
     VMA *vma;
-    unsigned char *p, *dst = malloc(PS), *want = malloc(PS);
+    unsigned char *p, *dst = malloc(PS), *want = malloc(PS), *odd = malloc(PS + 1);
 
-    CHECK(dst != NULL && want != NULL);
+    CHECK(dst != NULL && want != NULL && odd != NULL);
     fixture_open(&f, PS, 8, 8 * PS);
     p = fixture_mmap(&f, 0, 8, &vma);
     CHECK_ERR(fileh_page_read(f.fileh, 2, dst), -ENOENT);     /* never loaded */
@@ -563,6 +563,9 @@ TEST(page_read_copies_a_page_as_it_is)
     memset(p + 2 * PS, 0, PS);
     p[2 * PS + 3] = 1;
     CHECK_EQ(fileh_page_read(f.fileh, 2, dst), 4);            /* byte-exact */
+    p[2 * PS + PS - 9] = 7;
+    CHECK_EQ(fileh_page_read(f.fileh, 2, odd + 1), PS - 8);   /* any alignment */
+    CHECK(memcmp(odd + 1, p + 2 * PS, PS) == 0);
     memset(p + 2 * PS, 0, PS);
     CHECK_EQ(fileh_page_read(f.fileh, 2, dst), 0);            /* all zeros */
     CHECK_EQ(testfile_nload(&f.tf, 2), 1);                     /* loaded nothing */
@@ -571,6 +574,7 @@ TEST(page_read_copies_a_page_as_it_is)
     fixture_close(&f);
     free(dst);
     free(want);
+    free(odd);
 }
 
 /* Invalidating a dirty page drops it with its changes (the file changed

@@ -354,13 +354,16 @@ ssize_t fileh_page_read(BigFileH *fileh, blk_t blk, void *dst)
     virt_unlock();
     if (r < 0)
         return r;
-    /* Trailing zeros, a word at a time (size is a multiple of the page size). */
-    const uint64_t *w = dst;
-    size_t nw = size / sizeof *w;
-    while (nw > 0 && w[nw - 1] == 0)
-        nw--;
-    size_t n = nw * sizeof *w;
+    /* Trailing zeros, a word at a time (size is a multiple of the page
+     * size; @dst need not be aligned, hence memcpy, a plain load where
+     * the CPU allows). */
     const unsigned char *b = dst;
+    size_t n = size;
+    for (uint64_t w; n >= sizeof w; n -= sizeof w) {
+        memcpy(&w, b + n - sizeof w, sizeof w);
+        if (w != 0)
+            break;
+    }
     while (n > 0 && b[n - 1] == 0)
         n--;
     return (ssize_t)n;
